@@ -3,9 +3,21 @@
 //!
 //! - [`protocol`]: the wire format (framing, FlatBuffers messages), shared by both sides.
 //! - [`client`]: a blocking Rust client.
+//! - [`server`]: the store daemon (one mio event loop that owns every piece of state).
+//! - [`store`]: the object table and lifecycle, independent of sockets.
+//! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
+//! - [`shm`]: the shared-memory segment.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
 //! - [`digest`]: the object digest the original client computes.
 
+pub mod arena;
+pub mod client;
 pub mod digest;
 pub mod fdpass;
 pub mod protocol;
+pub mod server;
+pub mod shm;
+pub mod store;
+
+#[doc(hidden)]
+pub mod fuzzing;

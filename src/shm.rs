@@ -1,0 +1,189 @@
+//! The shared-memory segment: one file (an anonymous memfd, or a file created and unlinked
+//! in `-d DIR`) mapped once by the store, whose fd is handed to clients.
+//!
+//! This module and [`crate::fdpass`] are the only places with `unsafe`. The store never forms
+//! a Rust reference into the mapping: clients write it concurrently, so every access is a raw
+//! copy through [`Segment::write`] / [`Segment::read`], bounds-checked first. Nothing about the
+//! store's own bookkeeping lives in this memory.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+/// Offset of the first object in a segment. Offset 0 is never handed out, as in the original
+/// (its first object sits at 64).
+pub const SEGMENT_BASE: u64 = 64;
+
+/// Bytes at the end of the file that clients do not map: a client maps `mmap_size - 8`
+/// bytes, exactly as with the original store.
+pub const CLIENT_MAP_TAIL: u64 = 8;
+
+/// Size of a huge page for rounding with `-h`.
+const HUGE_PAGE: u64 = 2 << 20;
+
+/// One mapped segment.
+pub struct Segment {
+    /// The id clients know this segment by (never reused).
+    id: i32,
+    fd: OwnedFd,
+    map: MmapRaw,
+    /// Size of the file: the `mmap_size` sent to clients.
+    file_size: u64,
+}
+
+/// Where and how to create a segment.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentOptions {
+    /// Create an unlinked file in this directory instead of an anonymous memfd.
+    pub directory: Option<std::path::PathBuf>,
+    /// Back the segment with huge pages.
+    pub huge_pages: bool,
+}
+
+impl Segment {
+    /// Creates a segment whose usable object area (from [`SEGMENT_BASE`]) is at least
+    /// `usable` bytes.
+    pub fn create(id: i32, usable: u64, opts: &SegmentOptions) -> io::Result<Segment> {
+        let page = if opts.huge_pages { HUGE_PAGE } else { 4096 };
+        let file_size = usable
+            .checked_add(SEGMENT_BASE + CLIENT_MAP_TAIL)
+            .and_then(|n| n.checked_next_multiple_of(page))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment size overflows"))?;
+        let fd = match &opts.directory {
+            None => {
+                let mut flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
+                if opts.huge_pages {
+                    flags |= nix::sys::memfd::MFdFlags::MFD_HUGETLB;
+                }
+                nix::sys::memfd::memfd_create("plasma", flags)?
+            }
+            Some(dir) => {
+                let (fd, path) = nix::unistd::mkstemp(&dir.join("plasmaXXXXXX"))?;
+                // Unlinked at once: nothing is left in the directory however the store exits.
+                nix::unistd::unlink(&path)?;
+                fd
+            }
+        };
+        let file = File::from(fd);
+        file.set_len(file_size)?;
+        let len = usize::try_from(file_size)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
+        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        Ok(Segment {
+            id,
+            fd: OwnedFd::from(file),
+            map,
+            file_size,
+        })
+    }
+
+    /// The id clients know this segment by.
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// The file size, sent to clients as `mmap_size`.
+    pub fn mmap_size(&self) -> u64 {
+        self.file_size
+    }
+
+    /// The usable object area: offsets `[SEGMENT_BASE, SEGMENT_BASE + usable_len())`.
+    pub fn usable_len(&self) -> u64 {
+        self.file_size - SEGMENT_BASE - CLIENT_MAP_TAIL
+    }
+
+    /// The fd to hand to clients.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    fn check(&self, offset: u64, len: usize) -> io::Result<usize> {
+        let end = offset.checked_add(len as u64);
+        match end {
+            Some(end) if end <= self.file_size - CLIENT_MAP_TAIL => Ok(offset as usize),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("range {offset}+{len} outside segment {}", self.id),
+            )),
+        }
+    }
+
+    /// Copies `data` into the segment at `offset`.
+    pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        let start = self.check(offset, data.len())?;
+        // SAFETY: `check` proved `start + data.len()` lies inside the mapping, which lives as
+        // long as `self`. The destination is shared memory that clients may touch at the same
+        // time, so no Rust reference is formed to it: a raw copy of plain bytes cannot create
+        // an invalid value, and `data` (our own memory) cannot overlap the mapping's pages.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(start),
+                data.len(),
+            );
+        }
+        Ok(())
+    }
+
+    /// Copies `out.len()` bytes from the segment at `offset` into `out`.
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        let start = self.check(offset, out.len())?;
+        // SAFETY: as in `write`: the range is inside the live mapping, bytes are copied raw
+        // without forming a reference into shared memory, and `out` is our own memory.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(start),
+                out.as_mut_ptr(),
+                out.len(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether a directory can hold a segment (exists and is a directory).
+pub fn check_directory(dir: &Path) -> io::Result<()> {
+    let m = std::fs::metadata(dir)?;
+    if !m.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a directory",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memfd_segment_reads_back_and_bounds_are_checked() {
+        let s = Segment::create(1, 10_000, &SegmentOptions::default()).unwrap();
+        assert!(s.usable_len() >= 10_000);
+        assert_eq!(s.mmap_size() % 4096, 0);
+        s.write(SEGMENT_BASE, b"hello").unwrap();
+        let mut out = [0u8; 5];
+        s.read(SEGMENT_BASE, &mut out).unwrap();
+        assert_eq!(&out, b"hello");
+        let end = s.mmap_size() - CLIENT_MAP_TAIL;
+        assert!(s.write(end - 1, b"ab").is_err());
+        assert!(s.write(u64::MAX, b"a").is_err());
+        s.write(end - 2, b"ab").unwrap();
+    }
+
+    #[test]
+    fn directory_segment_leaves_no_file_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = SegmentOptions {
+            directory: Some(dir.path().to_path_buf()),
+            huge_pages: false,
+        };
+        let s = Segment::create(2, 4096, &opts).unwrap();
+        s.write(SEGMENT_BASE, &[7; 100]).unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
