@@ -1,1 +1,764 @@
-//! (under construction)
+//! The daemon's event loop: one thread, one mio `Poll`, one owner of every piece of state.
+//!
+//! [`Server`] holds the listener, the connections (in a slab), the [`Store`] and the signal
+//! fd. Each readiness event is dispatched by one `match`. Sockets are non-blocking: reads go
+//! into a per-connection [`FrameDecoder`] that buffers partial frames, replies go into a
+//! per-connection write queue (reply bytes, and the segment fds to send after given bytes),
+//! and notifications into a bounded per-subscriber queue. A client that sends half a message,
+//! never reads its replies or stops reading notifications only ever costs its own connection.
+//!
+//! Everything a peer sends is untrusted: a framing or decoding error is logged and closes that
+//! one connection; the loop goes on.
+
+use std::collections::VecDeque;
+use std::io::{self, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use log::{debug, error, info, warn};
+use mio::net::{UnixListener, UnixStream};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use slab::Slab;
+
+use crate::fdpass;
+use crate::protocol::{
+    Encoder, FrameDecoder, HEADER_LEN, ObjectInfo, ProtocolError, Reply, Request, decode_request,
+};
+use crate::store::{ClientId, Sink, Store, StoreConfig};
+
+const LISTENER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+
+/// Frames handled for one connection before the loop turns to others.
+const FRAMES_PER_TURN: usize = 64;
+/// How long accepting pauses after the process ran out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Most fds a connection may have in flight before they are matched to a SubscribeRequest.
+const MAX_PENDING_FDS: usize = 4;
+
+/// Daemon configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Path of the listening socket.
+    pub socket: PathBuf,
+    /// The store's configuration.
+    pub store: StoreConfig,
+    /// Most simultaneous client connections; further ones are accepted and closed at once.
+    pub max_connections: usize,
+    /// Reply bytes queued for a client beyond which the store stops reading its requests.
+    pub max_queued_bytes: usize,
+    /// Notification bytes queued for a subscriber beyond which it is dropped.
+    pub max_notification_bytes: usize,
+}
+
+impl ServerConfig {
+    /// A configuration with default limits.
+    pub fn new(socket: PathBuf, store: StoreConfig) -> ServerConfig {
+        ServerConfig {
+            socket,
+            store,
+            max_connections: 4096,
+            max_queued_bytes: 64 << 20,
+            max_notification_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A subscriber's notification socket and its queue.
+struct Subscriber {
+    sock: UnixStream,
+    /// Encoded notifications (length prefix included), oldest first.
+    queue: VecDeque<Vec<u8>>,
+    /// Bytes of the front message already sent.
+    sent: usize,
+    queued_bytes: usize,
+    overflowed: bool,
+}
+
+/// One client connection.
+struct Conn {
+    stream: UnixStream,
+    decoder: FrameDecoder,
+    /// Stream bytes received so far.
+    received: u64,
+    /// Fds received, each with the stream offset just past the byte that carried it.
+    fds: VecDeque<(u64, OwnedFd)>,
+    /// A SubscribeRequest was handled; the next byte should carry the notification fd.
+    awaiting_fd: bool,
+    /// Bytes queued for the client.
+    out: Vec<u8>,
+    /// Stream offset of `out[0]`.
+    out_base: u64,
+    /// Bytes of `out` already written.
+    out_pos: usize,
+    /// Segment fds to send, each after the stream offset it is paired with.
+    out_fds: VecDeque<(u64, i32)>,
+    subscriber: Option<Subscriber>,
+    /// Reading stopped because too many reply bytes are queued.
+    paused: bool,
+    /// The connection is finished and will be closed at the end of this turn.
+    dead: bool,
+}
+
+impl Conn {
+    fn new(stream: UnixStream, max_body: usize) -> Conn {
+        Conn {
+            stream,
+            decoder: FrameDecoder::new(max_body),
+            received: 0,
+            fds: VecDeque::new(),
+            awaiting_fd: false,
+            out: Vec::new(),
+            out_base: 0,
+            out_pos: 0,
+            out_fds: VecDeque::new(),
+            subscriber: None,
+            paused: false,
+            dead: false,
+        }
+    }
+
+    /// Stream offset of the next byte not yet taken from the decoder.
+    fn consumed(&self) -> u64 {
+        self.received - self.decoder.buffered() as u64
+    }
+
+    fn queued(&self) -> usize {
+        self.out.len() - self.out_pos
+    }
+}
+
+/// What the store writes to: the connections' queues.
+struct Outbox<'a> {
+    conns: &'a mut Slab<Conn>,
+    subscribers: &'a [usize],
+    /// Connections given something to write.
+    dirty: &'a mut Vec<usize>,
+    enc: &'a mut Encoder,
+    scratch: &'a mut Vec<u8>,
+    max_notification_bytes: usize,
+}
+
+impl Sink for Outbox<'_> {
+    fn reply(&mut self, client: ClientId, reply: &Reply) {
+        if let Some(c) = self.conns.get_mut(client) {
+            self.enc.reply(reply, &mut c.out);
+            self.dirty.push(client);
+        }
+    }
+
+    fn send_segment(&mut self, client: ClientId, segment: i32) {
+        if let Some(c) = self.conns.get_mut(client) {
+            let at = c.out_base + c.out.len() as u64;
+            c.out_fds.push_back((at, segment));
+        }
+    }
+
+    fn notify(&mut self, infos: &[ObjectInfo]) {
+        let mut encoded = false;
+        for &key in self.subscribers {
+            let Some(s) = self.conns.get_mut(key).and_then(|c| c.subscriber.as_mut()) else {
+                continue;
+            };
+            if s.overflowed {
+                continue;
+            }
+            if !encoded {
+                self.scratch.clear();
+                self.enc.notification(infos, self.scratch);
+                encoded = true;
+            }
+            if s.queued_bytes + self.scratch.len() > self.max_notification_bytes {
+                s.overflowed = true;
+                continue;
+            }
+            s.queued_bytes += self.scratch.len();
+            s.queue.push_back(self.scratch.clone());
+        }
+    }
+}
+
+/// The store's [`Sink`] over the server's fields, borrowed apart from the store itself.
+macro_rules! outbox {
+    ($s:ident) => {
+        Outbox {
+            conns: &mut $s.conns,
+            subscribers: &$s.subscribers,
+            dirty: &mut $s.dirty,
+            enc: &mut $s.enc,
+            scratch: &mut $s.scratch,
+            max_notification_bytes: $s.config.max_notification_bytes,
+        }
+    };
+}
+
+/// The daemon.
+pub struct Server {
+    config: ServerConfig,
+    poll: Poll,
+    listener: UnixListener,
+    signals: SignalFd,
+    conns: Slab<Conn>,
+    store: Store,
+    enc: Encoder,
+    scratch: Vec<u8>,
+    /// Connections with buffered frames left over from a previous turn.
+    ready: VecDeque<usize>,
+    /// Connections whose queues changed and need writing.
+    dirty: Vec<usize>,
+    /// Connections with a notification socket.
+    subscribers: Vec<usize>,
+    /// Connections to close at the end of this turn.
+    dead: Vec<usize>,
+    /// While set, accepting waits (after EMFILE and friends).
+    accept_paused_until: Option<Instant>,
+    max_body: usize,
+}
+
+/// Whether a live process serves `path`: an existing socket that accepts connections.
+fn socket_in_use(path: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// Binds the listening socket, owner-only, replacing a stale socket file but never a live
+/// store's socket or a file that is not a socket.
+fn bind(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        if socket_in_use(path) {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another store is serving {}", path.display()),
+            ));
+        }
+        info!("removing stale socket {}", path.display());
+        std::fs::remove_file(path)?;
+    }
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let listener = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    listener
+}
+
+impl Server {
+    /// Creates the store, binds the socket and prepares the loop. SIGINT and SIGTERM are
+    /// blocked in the calling thread and delivered to the loop instead.
+    pub fn new(config: ServerConfig) -> io::Result<Server> {
+        let mut mask = SigSet::empty();
+        mask.add(Signal::SIGINT);
+        mask.add(Signal::SIGTERM);
+        mask.thread_block().map_err(io::Error::from)?;
+        let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(io::Error::from)?;
+
+        let store = Store::new(&config.store)?;
+        let poll = Poll::new()?;
+        let mut listener = bind(&config.socket)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        poll.registry().register(
+            &mut SourceFd(&signals.as_raw_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        // The largest legitimate request carries a whole object inline (CreateAndSeal).
+        let max_body = usize::try_from(config.store.capacity)
+            .unwrap_or(usize::MAX)
+            .saturating_add(1 << 20);
+        Ok(Server {
+            config,
+            poll,
+            listener,
+            signals,
+            conns: Slab::new(),
+            store,
+            enc: Encoder::new(),
+            scratch: Vec::new(),
+            ready: VecDeque::new(),
+            dirty: Vec::new(),
+            subscribers: Vec::new(),
+            dead: Vec::new(),
+            accept_paused_until: None,
+            max_body,
+        })
+    }
+
+    /// The store (for tests and the debug report).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs until SIGINT or SIGTERM, then removes the socket file.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, timeout) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept_all(),
+                    SIGNALS => {
+                        if let Ok(Some(sig)) = self.signals.read_signal() {
+                            let name = Signal::try_from(sig.ssi_signo as i32)
+                                .map(|s| s.as_str())
+                                .unwrap_or("signal");
+                            info!("{name} received, shutting down");
+                            return Ok(());
+                        }
+                    }
+                    Token(t) => {
+                        let key = t / 2;
+                        if t % 2 == 1 {
+                            self.dirty.push(key);
+                        } else {
+                            if event.is_writable() {
+                                self.dirty.push(key);
+                            }
+                            if event.is_readable() || event.is_read_closed() || event.is_error() {
+                                self.on_readable(key);
+                            }
+                        }
+                    }
+                }
+            }
+            self.turn();
+        }
+    }
+
+    /// The rest of a loop turn: leftover frames, timers, accepting after a pause, writes and
+    /// closes.
+    fn turn(&mut self) {
+        let ready: Vec<usize> = self.ready.drain(..).collect();
+        for key in ready {
+            self.process(key);
+        }
+        let now = Instant::now();
+        let mut out = outbox!(self);
+        self.store.expire(now, &mut out);
+        if self.accept_paused_until.is_some_and(|t| t <= now) {
+            self.accept_paused_until = None;
+            self.accept_all();
+        }
+        self.flush_all();
+    }
+
+    fn poll_timeout(&mut self) -> Option<Duration> {
+        if !self.ready.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        [self.store.next_deadline(), self.accept_paused_until]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept_all(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return;
+        }
+        loop {
+            match self.listener.accept() {
+                Ok((mut stream, _)) => {
+                    if self.conns.len() >= self.config.max_connections {
+                        warn!(
+                            "refusing a client: {} connections already (the limit)",
+                            self.conns.len()
+                        );
+                        continue;
+                    }
+                    let entry = self.conns.vacant_entry();
+                    let key = entry.key();
+                    if let Err(e) = self.poll.registry().register(
+                        &mut stream,
+                        Token(key * 2),
+                        Interest::READABLE | Interest::WRITABLE,
+                    ) {
+                        warn!("cannot watch a new connection: {e}");
+                        continue;
+                    }
+                    entry.insert(Conn::new(stream, self.max_body));
+                    self.store.connect(key);
+                    info!("client {key} connected");
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS...: the pending connection stays queued and the
+                    // listener stays readable, so back off instead of spinning.
+                    error!("accept failed: {e}; pausing new connections briefly");
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Reads what the client sent and handles the complete frames.
+    fn on_readable(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.dead || c.paused {
+            return;
+        }
+        loop {
+            let chunk = c.decoder.wanted().clamp(4096, 1 << 20);
+            let mut fds = Vec::new();
+            let spare = c.decoder.spare(chunk);
+            let r = fdpass::recv_with_fds(&c.stream, spare, &mut fds);
+            let n = match r {
+                Ok(n) => n,
+                Err(e) => {
+                    c.decoder.commit(chunk, 0);
+                    match e.kind() {
+                        io::ErrorKind::WouldBlock => break,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => {
+                            debug!("client {key}: read failed: {e}");
+                            c.dead = true;
+                            break;
+                        }
+                    }
+                }
+            };
+            c.decoder.commit(chunk, n);
+            if n == 0 {
+                c.dead = true;
+                break;
+            }
+            c.received += n as u64;
+            for fd in fds {
+                c.fds.push_back((c.received, fd));
+            }
+            if c.fds.len() > MAX_PENDING_FDS {
+                warn!("client {key} sent file descriptors nobody asked for; disconnecting it");
+                c.dead = true;
+                break;
+            }
+            if c.decoder.buffered() >= HEADER_LEN + c.decoder.max_body().min(1 << 20) {
+                // Enough to work on; handle it before reading more.
+                break;
+            }
+        }
+        if c.dead {
+            self.dead.push(key);
+            return;
+        }
+        self.process(key);
+    }
+
+    /// Handles the buffered frames of one connection, up to a budget per turn.
+    fn process(&mut self, key: usize) {
+        for _ in 0..FRAMES_PER_TURN {
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            if c.dead {
+                return;
+            }
+            if c.queued() > self.config.max_queued_bytes {
+                // Stop reading until the client takes its replies (resumed by `flush`).
+                c.paused = true;
+                return;
+            }
+            if c.awaiting_fd {
+                if c.decoder.buffered() == 0 {
+                    return;
+                }
+                c.awaiting_fd = false;
+                let at = c.consumed() + 1;
+                match c.fds.front() {
+                    Some((pos, _)) if *pos == at => {
+                        if let Some((_, fd)) = c.fds.pop_front() {
+                            c.decoder.skip_byte();
+                            self.subscribe(key, fd);
+                        }
+                    }
+                    _ => warn!("client {key}: subscribe request without a file descriptor; ignored"),
+                }
+                continue;
+            }
+            let request = match c.decoder.next_frame() {
+                Ok(None) => {
+                    self.after_read(key);
+                    return;
+                }
+                Ok(Some(frame)) => decode_request(frame.msg_type, frame.body),
+                Err(e) => Err(e),
+            };
+            // Fds whose byte lies before this point were not asked for.
+            let consumed = c.consumed();
+            while c.fds.front().is_some_and(|(pos, _)| *pos <= consumed) {
+                warn!("client {key}: dropping a file descriptor it sent unasked");
+                c.fds.pop_front();
+            }
+            match request {
+                Ok(req) => self.dispatch(key, req),
+                Err(e) => self.protocol_error(key, &e),
+            }
+        }
+        if self.conns.get(key).is_some_and(|c| !c.dead) {
+            self.ready.push_back(key);
+        }
+    }
+
+    /// Returns the decoder's memory after a large message.
+    fn after_read(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key) {
+            c.decoder.shrink(1 << 20);
+        }
+    }
+
+    /// Marks a connection for closing at the end of the turn.
+    fn kill(&mut self, key: usize) {
+        if let Some(c) = self.conns.get_mut(key)
+            && !c.dead
+        {
+            c.dead = true;
+            self.dead.push(key);
+        }
+    }
+
+    fn protocol_error(&mut self, key: usize, e: &ProtocolError) {
+        warn!("client {key}: {e}; disconnecting it");
+        self.kill(key);
+    }
+
+    fn dispatch(&mut self, key: usize, req: Request) {
+        match req {
+            Request::Disconnect => self.kill(key),
+            Request::Subscribe => {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.awaiting_fd = true;
+                }
+            }
+            Request::Unsubscribe => {
+                warn!("client {key}: unsubscribe is not part of the protocol; ignored");
+            }
+            Request::Data { .. } => {
+                warn!("client {key}: data requests belong to the removed plasma manager");
+                self.kill(key);
+            }
+            req => {
+                let mut out = outbox!(self);
+                self.store.handle(key, req, Instant::now(), &mut out);
+            }
+        }
+    }
+
+    /// Makes `fd` the notification socket of `key` and queues one notification per sealed
+    /// object.
+    fn subscribe(&mut self, key: usize, fd: OwnedFd) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.subscriber.is_some() {
+            warn!("client {key} subscribed twice; keeping the first subscription");
+            return;
+        }
+        let std = std::os::unix::net::UnixStream::from(fd);
+        if let Err(e) = std.set_nonblocking(true) {
+            warn!("client {key}: cannot use its notification fd: {e}");
+            return;
+        }
+        let mut sock = UnixStream::from_std(std);
+        if let Err(e) =
+            self.poll
+                .registry()
+                .register(&mut sock, Token(key * 2 + 1), Interest::WRITABLE)
+        {
+            warn!("client {key}: cannot watch its notification fd: {e}");
+            return;
+        }
+        let mut s = Subscriber {
+            sock,
+            queue: VecDeque::new(),
+            sent: 0,
+            queued_bytes: 0,
+            overflowed: false,
+        };
+        for info in self.store.sealed_infos() {
+            let mut msg = Vec::new();
+            self.enc.notification(std::slice::from_ref(&info), &mut msg);
+            s.queued_bytes += msg.len();
+            s.queue.push_back(msg);
+        }
+        debug!("client {key} subscribed; {} sealed objects queued", s.queue.len());
+        c.subscriber = Some(s);
+        self.subscribers.push(key);
+    }
+
+    /// Closes dead connections and writes every queue that changed, until nothing is left
+    /// to do (closing can notify others of deletions, writing can find a peer gone).
+    fn flush_all(&mut self) {
+        loop {
+            for key in std::mem::take(&mut self.dead) {
+                self.close(key);
+            }
+            let mut dirty = std::mem::take(&mut self.dirty);
+            dirty.sort_unstable();
+            dirty.dedup();
+            for key in dirty.drain(..) {
+                self.flush(key);
+            }
+            self.dirty = dirty;
+            for i in 0..self.subscribers.len() {
+                if let Some(&key) = self.subscribers.get(i) {
+                    self.flush_notifications(key);
+                }
+            }
+            self.subscribers
+                .retain(|k| self.conns.get(*k).is_some_and(|c| c.subscriber.is_some()));
+            if self.dead.is_empty() {
+                break;
+            }
+        }
+    }
+
+    /// Writes a connection's queued replies and fds until done or the socket is full.
+    fn flush(&mut self, key: usize) {
+        let store = &self.store;
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.dead {
+            return;
+        }
+        loop {
+            let limit = c
+                .out_fds
+                .front()
+                .map_or(c.out.len(), |(at, _)| (*at - c.out_base) as usize);
+            if c.out_pos < limit {
+                match c.stream.write(&c.out[c.out_pos..limit]) {
+                    Ok(n) => c.out_pos += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        debug!("client {key}: write failed: {e}");
+                        c.dead = true;
+                        self.dead.push(key);
+                        return;
+                    }
+                }
+                continue;
+            }
+            let Some(&(_, segment)) = c.out_fds.front() else {
+                break;
+            };
+            let Some(fd) = store.segment_fd(segment) else {
+                c.out_fds.pop_front();
+                continue;
+            };
+            match fdpass::send_fd(&c.stream, fd) {
+                Ok(_) => {
+                    c.out_fds.pop_front();
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("client {key}: sending the segment fd failed: {e}");
+                    c.dead = true;
+                    self.dead.push(key);
+                    return;
+                }
+            }
+        }
+        if c.out_pos == c.out.len() && c.out_fds.is_empty() {
+            c.out_base += c.out.len() as u64;
+            c.out.clear();
+            c.out_pos = 0;
+            if c.out.capacity() > 1 << 20 {
+                c.out = Vec::new();
+            }
+        } else if c.out_pos > (1 << 20) && c.out_pos * 2 > c.out.len() {
+            c.out.drain(..c.out_pos);
+            c.out_base += c.out_pos as u64;
+            c.out_pos = 0;
+        }
+        if c.paused && c.queued() <= self.config.max_queued_bytes / 2 {
+            c.paused = false;
+            self.on_readable(key);
+        }
+    }
+
+    /// Writes a subscriber's queued notifications; drops the subscription on overflow or
+    /// error.
+    fn flush_notifications(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(s) = c.subscriber.as_mut() else {
+            return;
+        };
+        let mut drop_it = s.overflowed;
+        if drop_it {
+            warn!("client {key} does not read its notifications; dropping its subscription");
+        }
+        while !drop_it {
+            let Some(front) = s.queue.front() else {
+                break;
+            };
+            match s.sock.write(&front[s.sent..]) {
+                Ok(n) => {
+                    s.sent += n;
+                    if s.sent == front.len() {
+                        s.queued_bytes -= front.len();
+                        s.queue.pop_front();
+                        s.sent = 0;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!("client {key}: notification socket failed: {e}; dropping it");
+                    drop_it = true;
+                }
+            }
+        }
+        if drop_it && let Some(mut s) = c.subscriber.take() {
+            let _ = self.poll.registry().deregister(&mut s.sock);
+        }
+    }
+
+    /// Forgets a connection: the store cleans up after the client, then the socket closes.
+    fn close(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        let mut out = outbox!(self);
+        self.store.disconnect(key, &mut out);
+        let mut c = self.conns.remove(key);
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        if let Some(s) = c.subscriber.as_mut() {
+            let _ = self.poll.registry().deregister(&mut s.sock);
+        }
+        info!("client {key} disconnected");
+        self.ready.retain(|k| *k != key);
+        self.subscribers.retain(|k| *k != key);
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.config.socket) {
+            debug!("removing {}: {e}", self.config.socket.display());
+        }
+    }
+}

@@ -1,1 +1,1059 @@
-//! (under construction)
+//! The object store proper: the object table, the lifecycle of objects, references, pending
+//! gets and their deadlines, eviction, and the memory they live in. No sockets here.
+//!
+//! The [`crate::server`] event loop turns each decoded request into one call of
+//! [`Store::handle`], and everything the store has to say goes out through a [`Sink`]: replies
+//! (each optionally followed by segment fds) and notifications. That keeps the store a plain,
+//! single-threaded state machine which unit tests drive directly.
+//!
+//! Semantics follow the original Plasma store (see `PROTOCOL.md` §4–§7), except where the
+//! original crashed, leaked or hung: those cases get a log line and a harmless answer instead.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use log::{debug, info, warn};
+
+use crate::arena::Arena;
+use crate::protocol::{
+    BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
+};
+use crate::shm::{SEGMENT_BASE, Segment, SegmentOptions};
+
+/// A connected client, as the server names it. The server guarantees that an id is not reused
+/// before [`Store::disconnect`] has run for it.
+pub type ClientId = usize;
+
+/// The id of the one shared-memory segment. Segment ids are never reused.
+pub const SEGMENT_ID: i32 = 1;
+
+/// The name the original gives a client that never called SetOptions.
+const ANONYMOUS: &str = "anonymous_client";
+
+/// Where the store's output goes.
+pub trait Sink {
+    /// Queue `reply` for `client`.
+    fn reply(&mut self, client: ClientId, reply: &Reply);
+    /// Queue the fd of `segment` for `client`, right after the replies queued so far.
+    fn send_segment(&mut self, client: ClientId, segment: i32);
+    /// Push one notification (one message holding `infos`) to every subscriber.
+    fn notify(&mut self, infos: &[ObjectInfo]);
+}
+
+/// Store configuration.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The `-m` capacity: the most bytes (data + metadata) that live objects may take.
+    pub capacity: u64,
+    /// Where and how the segment is created.
+    pub segment: SegmentOptions,
+    /// Most get requests one client may have waiting at once.
+    pub max_pending_gets: usize,
+}
+
+impl StoreConfig {
+    /// A configuration with default limits.
+    pub fn new(capacity: u64) -> StoreConfig {
+        StoreConfig {
+            capacity,
+            segment: SegmentOptions::default(),
+            max_pending_gets: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Created,
+    Sealed,
+}
+
+/// One entry of the object table.
+#[derive(Debug)]
+struct Object {
+    state: State,
+    offset: u64,
+    data_size: u64,
+    metadata_size: u64,
+    /// Unix seconds.
+    create_time: i64,
+    /// Seconds from create to seal; −1 while unsealed.
+    construct_duration: i64,
+    digest: Option<Digest>,
+    /// Number of clients holding a reference (each at most one).
+    ref_count: u32,
+    /// The creating client, while the object is unsealed.
+    creator: Option<ClientId>,
+    /// Position in the LRU while the object is evictable (sealed, unreferenced).
+    lru_seq: Option<u64>,
+}
+
+impl Object {
+    fn size(&self) -> u64 {
+        self.data_size + self.metadata_size
+    }
+
+    fn spec(&self) -> ObjectSpec {
+        ObjectSpec {
+            segment_index: SEGMENT_ID,
+            data_offset: self.offset,
+            data_size: self.data_size,
+            metadata_offset: self.offset + self.data_size,
+            metadata_size: self.metadata_size,
+            device_num: 0,
+        }
+    }
+
+    fn info(&self, object_id: ObjectId) -> ObjectInfo {
+        ObjectInfo {
+            object_id,
+            data_size: i64::try_from(self.data_size).unwrap_or(i64::MAX),
+            metadata_size: i64::try_from(self.metadata_size).unwrap_or(i64::MAX),
+            ref_count: i32::try_from(self.ref_count).unwrap_or(i32::MAX),
+            create_time: self.create_time,
+            construct_duration: self.construct_duration,
+            digest: self.digest,
+            is_deletion: false,
+        }
+    }
+}
+
+/// What the store keeps per client.
+#[derive(Debug, Default)]
+struct ClientState {
+    /// Objects this client holds a reference to (a set: at most one reference per object).
+    refs: HashSet<ObjectId>,
+    /// Its get requests that are still waiting.
+    gets: HashSet<u64>,
+    /// Whether the segment fd went to this client already.
+    segment_sent: bool,
+    /// Name from SetOptions.
+    name: Option<String>,
+    /// Quota from SetOptions (bookkeeping for the debug report).
+    quota: Option<u64>,
+}
+
+/// A get request that is waiting for objects to be sealed.
+#[derive(Debug)]
+struct PendingGet {
+    client: ClientId,
+    object_ids: Vec<ObjectId>,
+    /// One entry per requested id (duplicates included); `None` until available.
+    specs: Vec<Option<ObjectSpec>>,
+    /// Distinct ids still missing.
+    remaining: usize,
+}
+
+/// Counters of the store, for the debug report and for tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Objects in the table.
+    pub objects: usize,
+    /// Bytes (data + metadata) of live objects.
+    pub allocated: u64,
+    /// Sum over objects of the number of clients referencing them.
+    pub references: u64,
+    /// Gets waiting.
+    pub pending_gets: usize,
+    /// Connected clients.
+    pub clients: usize,
+    /// Objects evicted since start.
+    pub evictions: u64,
+    /// Bytes evicted since start.
+    pub bytes_evicted: u64,
+}
+
+/// The object store.
+pub struct Store {
+    capacity: u64,
+    max_pending_gets: usize,
+    segment: Segment,
+    arena: Arena,
+    /// Sum of data + metadata sizes of live objects (what `capacity` bounds).
+    allocated: u64,
+    objects: HashMap<ObjectId, Object>,
+    clients: HashMap<ClientId, ClientState>,
+    gets: HashMap<u64, PendingGet>,
+    next_get: u64,
+    /// Object id → gets waiting for it (each get listed once per distinct id).
+    waiters: HashMap<ObjectId, Vec<u64>>,
+    /// Deadlines of gets with a timeout; entries of gets already answered are skipped.
+    deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// Evictable objects, oldest (least recently released) first.
+    lru: BTreeMap<u64, ObjectId>,
+    next_lru: u64,
+    /// Ids whose deletion waits for their last reference to go.
+    deferred_deletes: HashSet<ObjectId>,
+    evictions: u64,
+    bytes_evicted: u64,
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Room for alignment padding beyond the accounted capacity: every object starts on a
+/// 64-byte boundary, so many small objects take more segment space than their sizes.
+fn segment_len(capacity: u64) -> u64 {
+    capacity
+        .saturating_add(capacity / 8)
+        .saturating_add(1 << 20)
+}
+
+impl Store {
+    /// Creates the store and its shared-memory segment.
+    pub fn new(config: &StoreConfig) -> io::Result<Store> {
+        if config.capacity == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the capacity must be at least 1 byte",
+            ));
+        }
+        let segment = Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
+        let arena = Arena::new(SEGMENT_BASE, segment.usable_len() & !63);
+        Ok(Store {
+            capacity: config.capacity,
+            max_pending_gets: config.max_pending_gets,
+            segment,
+            arena,
+            allocated: 0,
+            objects: HashMap::new(),
+            clients: HashMap::new(),
+            gets: HashMap::new(),
+            next_get: 0,
+            waiters: HashMap::new(),
+            deadlines: BinaryHeap::new(),
+            lru: BTreeMap::new(),
+            next_lru: 0,
+            deferred_deletes: HashSet::new(),
+            evictions: 0,
+            bytes_evicted: 0,
+        })
+    }
+
+    /// The `-m` capacity.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The shared-memory segment with this id, to send its fd.
+    pub fn segment_fd(&self, id: i32) -> Option<BorrowedFd<'_>> {
+        (id == self.segment.id()).then(|| self.segment.fd())
+    }
+
+    /// The segment (for its size and for tests).
+    pub fn segment(&self) -> &Segment {
+        &self.segment
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> Stats {
+        Stats {
+            objects: self.objects.len(),
+            allocated: self.allocated,
+            references: self.objects.values().map(|o| u64::from(o.ref_count)).sum(),
+            pending_gets: self.gets.len(),
+            clients: self.clients.len(),
+            evictions: self.evictions,
+            bytes_evicted: self.bytes_evicted,
+        }
+    }
+
+    /// Registers a new client.
+    pub fn connect(&mut self, client: ClientId) {
+        self.clients.insert(client, ClientState::default());
+    }
+
+    /// One notification per sealed object, for a new subscriber.
+    pub fn sealed_infos(&self) -> impl Iterator<Item = ObjectInfo> + '_ {
+        self.objects
+            .iter()
+            .filter(|(_, o)| o.state == State::Sealed)
+            .map(|(id, o)| seal_info(*id, o))
+    }
+
+    /// The earliest deadline of a waiting get, for the poll timeout.
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        while let Some(Reverse((when, get))) = self.deadlines.peek().copied() {
+            if self.gets.contains_key(&get) {
+                return Some(when);
+            }
+            self.deadlines.pop();
+        }
+        None
+    }
+
+    /// Answers every waiting get whose deadline has passed.
+    pub fn expire(&mut self, now: Instant, out: &mut impl Sink) {
+        while let Some(Reverse((when, get))) = self.deadlines.peek().copied() {
+            if when > now {
+                break;
+            }
+            self.deadlines.pop();
+            self.finish_get(get, out);
+        }
+    }
+
+    /// Handles one request of `client`.
+    pub fn handle(&mut self, client: ClientId, req: Request, now: Instant, out: &mut impl Sink) {
+        match req {
+            Request::Connect => out.reply(
+                client,
+                &Reply::Connect {
+                    memory_capacity: i64::try_from(self.capacity).unwrap_or(i64::MAX),
+                },
+            ),
+            Request::Create {
+                object_id,
+                evict_if_full,
+                data_size,
+                metadata_size,
+                device_num,
+            } => self.create(
+                client,
+                object_id,
+                evict_if_full,
+                data_size,
+                metadata_size,
+                device_num,
+                out,
+            ),
+            Request::CreateAndSeal {
+                object_id,
+                evict_if_full,
+                data,
+                metadata,
+                digest,
+            } => {
+                let objects = [BatchObject {
+                    object_id,
+                    data,
+                    metadata,
+                    digest,
+                }];
+                let error = self.create_and_seal(client, evict_if_full, &objects, out);
+                out.reply(client, &Reply::CreateAndSeal { error });
+            }
+            Request::CreateAndSealBatch {
+                evict_if_full,
+                objects,
+            } => {
+                let error = self.create_and_seal(client, evict_if_full, &objects, out);
+                out.reply(client, &Reply::CreateAndSealBatch { error });
+            }
+            Request::Abort { object_id } => {
+                self.abort(client, object_id);
+                out.reply(client, &Reply::Abort { object_id });
+            }
+            Request::Seal { object_id, digest } => {
+                let error = self.seal(client, object_id, digest, out);
+                out.reply(client, &Reply::Seal { object_id, error });
+            }
+            Request::Get {
+                object_ids,
+                timeout_ms,
+            } => self.get(client, object_ids, timeout_ms, now, out),
+            Request::Release { object_id } => self.release(client, object_id, out),
+            Request::Delete { object_ids } => {
+                let errors = object_ids.iter().map(|id| self.delete(*id, out)).collect();
+                out.reply(client, &Reply::Delete { object_ids, errors });
+            }
+            Request::Contains { object_id } => {
+                let has_object = self
+                    .objects
+                    .get(&object_id)
+                    .is_some_and(|o| o.state == State::Sealed);
+                out.reply(
+                    client,
+                    &Reply::Contains {
+                        object_id,
+                        has_object,
+                    },
+                );
+            }
+            Request::List => {
+                let objects = self.objects.iter().map(|(id, o)| o.info(*id)).collect();
+                out.reply(client, &Reply::List { objects });
+            }
+            Request::Evict { num_bytes } => {
+                let num_bytes = self.evict(num_bytes, out);
+                out.reply(client, &Reply::Evict { num_bytes });
+            }
+            Request::RefreshLru { object_ids } => {
+                for id in object_ids {
+                    if let Some(o) = self.objects.get_mut(&id)
+                        && let Some(seq) = o.lru_seq.take()
+                    {
+                        self.lru.remove(&seq);
+                        self.lru_insert(id);
+                    }
+                }
+                out.reply(client, &Reply::RefreshLru);
+            }
+            Request::SetOptions {
+                client_name,
+                output_memory_quota,
+            } => {
+                let error = self.set_options(client, client_name, output_memory_quota);
+                out.reply(client, &Reply::SetOptions { error });
+            }
+            Request::GetDebugString => {
+                let debug_string = self.debug_string();
+                out.reply(client, &Reply::DebugString { debug_string });
+            }
+            // Handled by the server (they concern the connection, not the store).
+            Request::Disconnect | Request::Subscribe | Request::Unsubscribe | Request::Data { .. } => {}
+        }
+    }
+
+    /// Cleans up after a client that went away, however it went: its unsealed objects are
+    /// aborted, its waiting gets dropped and its references released.
+    pub fn disconnect(&mut self, client: ClientId, out: &mut impl Sink) {
+        let Some(state) = self.clients.remove(&client) else {
+            return;
+        };
+        for get in state.gets {
+            self.drop_get(get);
+        }
+        for id in state.refs {
+            let Some(o) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            o.ref_count = o.ref_count.saturating_sub(1);
+            if o.state == State::Created {
+                debug!("client {client} disconnected: aborting its unsealed object {id}");
+                self.remove_object(id);
+            } else if o.ref_count == 0 {
+                self.unreferenced(id, out);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn create(
+        &mut self,
+        client: ClientId,
+        object_id: ObjectId,
+        evict_if_full: bool,
+        data_size: u64,
+        metadata_size: u64,
+        device_num: i32,
+        out: &mut impl Sink,
+    ) {
+        let fail = |error| Reply::Create {
+            object_id,
+            spec: ObjectSpec::default(),
+            error,
+            store_fd: 0,
+            mmap_size: 0,
+        };
+        if device_num != 0 {
+            warn!("client {client}: create with device_num {device_num}, but GPU memory is not supported");
+            out.reply(client, &fail(PlasmaError::OutOfMemory));
+            return;
+        }
+        if let Err(error) = self.create_object(client, object_id, evict_if_full, data_size, metadata_size, out) {
+            out.reply(client, &fail(error));
+            return;
+        }
+        self.add_ref(client, object_id);
+        let spec = self.objects.get(&object_id).map(Object::spec).unwrap_or_default();
+        out.reply(
+            client,
+            &Reply::Create {
+                object_id,
+                spec,
+                error: PlasmaError::Ok,
+                store_fd: SEGMENT_ID,
+                mmap_size: self.mmap_size(),
+            },
+        );
+        self.send_segment_once(client, out);
+    }
+
+    fn mmap_size(&self) -> i64 {
+        i64::try_from(self.segment.mmap_size()).unwrap_or(i64::MAX)
+    }
+
+    fn send_segment_once(&mut self, client: ClientId, out: &mut impl Sink) {
+        if let Some(c) = self.clients.get_mut(&client)
+            && !c.segment_sent
+        {
+            c.segment_sent = true;
+            out.send_segment(client, SEGMENT_ID);
+        }
+    }
+
+    /// Allocates and enters a new CREATED object (without any reference).
+    fn create_object(
+        &mut self,
+        client: ClientId,
+        object_id: ObjectId,
+        evict_if_full: bool,
+        data_size: u64,
+        metadata_size: u64,
+        out: &mut impl Sink,
+    ) -> Result<(), PlasmaError> {
+        if self.objects.contains_key(&object_id) {
+            return Err(PlasmaError::ObjectExists);
+        }
+        let Some(size) = data_size.checked_add(metadata_size) else {
+            warn!("client {client}: create of {object_id} with sizes {data_size} + {metadata_size} overflows");
+            return Err(PlasmaError::OutOfMemory);
+        };
+        let Some(offset) = self.allocate(size, evict_if_full, out) else {
+            warn!(
+                "not enough memory to create the object {object_id}, data_size={data_size}, \
+                 metadata_size={metadata_size}: replying OutOfMemory"
+            );
+            return Err(PlasmaError::OutOfMemory);
+        };
+        self.objects.insert(
+            object_id,
+            Object {
+                state: State::Created,
+                offset,
+                data_size,
+                metadata_size,
+                create_time: unix_now(),
+                construct_duration: -1,
+                digest: None,
+                ref_count: 0,
+                creator: Some(client),
+                lru_seq: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Finds room for `size` bytes, evicting least recently used objects if allowed.
+    fn allocate(&mut self, size: u64, evict_if_full: bool, out: &mut impl Sink) -> Option<u64> {
+        if size > self.capacity {
+            return None;
+        }
+        loop {
+            if self.allocated + size <= self.capacity
+                && let Some(offset) = self.arena.alloc(size)
+            {
+                self.allocated += size;
+                return Some(offset);
+            }
+            if !evict_if_full {
+                return None;
+            }
+            // As the original: free what is missing, but at least a fifth of the capacity, so
+            // that a run of creates does not evict one object at a time.
+            let required = (self.allocated + size).saturating_sub(self.capacity);
+            let target = required.max(self.capacity / 5);
+            let victims = self.choose_victims(target);
+            let freed: u64 = victims.iter().map(|(_, s)| s).sum();
+            info!(
+                "there is not enough space to create this object, so evicting {} objects to free \
+                 up {freed} bytes; {} bytes are in use",
+                victims.len(),
+                self.allocated
+            );
+            for (id, _) in &victims {
+                self.delete_now(*id, out);
+            }
+            if freed < required || freed == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Takes objects from the old end of the LRU until their sizes reach `target`.
+    fn choose_victims(&mut self, target: u64) -> Vec<(ObjectId, u64)> {
+        let mut victims = Vec::new();
+        let mut sum = 0;
+        while sum < target {
+            let Some((_, id)) = self.lru.pop_first() else {
+                break;
+            };
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.lru_seq = None;
+                sum += o.size();
+                victims.push((id, o.size()));
+            }
+        }
+        self.evictions += victims.len() as u64;
+        self.bytes_evicted += sum;
+        victims
+    }
+
+    fn evict(&mut self, num_bytes: u64, out: &mut impl Sink) -> u64 {
+        let victims = self.choose_victims(num_bytes);
+        let mut freed = 0;
+        for (id, size) in victims {
+            freed += size;
+            self.delete_now(id, out);
+        }
+        freed
+    }
+
+    fn create_and_seal(
+        &mut self,
+        client: ClientId,
+        evict_if_full: bool,
+        objects: &[BatchObject],
+        out: &mut impl Sink,
+    ) -> PlasmaError {
+        for (i, b) in objects.iter().enumerate() {
+            if let Err(e) = self.create_object(
+                client,
+                b.object_id,
+                evict_if_full,
+                b.data.len() as u64,
+                b.metadata.len() as u64,
+                out,
+            ) {
+                // All or nothing: drop what this batch created so far.
+                for done in objects.iter().take(i) {
+                    self.remove_object(done.object_id);
+                }
+                return e;
+            }
+        }
+        let mut infos = Vec::with_capacity(objects.len());
+        for b in objects {
+            let Some(o) = self.objects.get_mut(&b.object_id) else {
+                continue;
+            };
+            let copied = self
+                .segment
+                .write(o.offset, &b.data)
+                .and_then(|()| self.segment.write(o.offset + o.data_size, &b.metadata));
+            if let Err(e) = copied {
+                // Cannot happen: the arena only hands out ranges inside the segment.
+                warn!("copying {} into the segment failed: {e}", b.object_id);
+            }
+            o.state = State::Sealed;
+            o.digest = Some(b.digest);
+            o.construct_duration = 0;
+            o.creator = None;
+            infos.push(seal_info(b.object_id, o));
+        }
+        out.notify(&infos);
+        for b in objects {
+            self.wake_waiters(b.object_id, out);
+            if self.objects.get(&b.object_id).is_some_and(|o| o.ref_count == 0) {
+                self.unreferenced(b.object_id, out);
+            }
+        }
+        PlasmaError::Ok
+    }
+
+    fn abort(&mut self, client: ClientId, object_id: ObjectId) {
+        let holds = self.clients.get(&client).is_some_and(|c| c.refs.contains(&object_id));
+        match self.objects.get(&object_id) {
+            Some(o) if o.state == State::Created && holds => {
+                if let Some(c) = self.clients.get_mut(&client) {
+                    c.refs.remove(&object_id);
+                }
+                self.remove_object(object_id);
+            }
+            Some(_) => warn!("client {client}: abort of {object_id}, which it did not create or is sealed; ignored"),
+            None => warn!("client {client}: abort of unknown object {object_id}; ignored"),
+        }
+    }
+
+    fn seal(
+        &mut self,
+        client: ClientId,
+        object_id: ObjectId,
+        digest: Digest,
+        out: &mut impl Sink,
+    ) -> PlasmaError {
+        let Some(o) = self.objects.get_mut(&object_id) else {
+            warn!("client {client}: seal of unknown object {object_id}");
+            return PlasmaError::ObjectNotFound;
+        };
+        if o.state != State::Created {
+            warn!("client {client}: seal of {object_id}, which is already sealed; ignored");
+            return PlasmaError::Ok;
+        }
+        o.state = State::Sealed;
+        o.digest = Some(digest);
+        o.construct_duration = unix_now().saturating_sub(o.create_time);
+        o.creator = None;
+        let info = seal_info(object_id, o);
+        out.notify(&[info]);
+        self.wake_waiters(object_id, out);
+        PlasmaError::Ok
+    }
+
+    fn get(
+        &mut self,
+        client: ClientId,
+        object_ids: Vec<ObjectId>,
+        timeout_ms: i64,
+        now: Instant,
+        out: &mut impl Sink,
+    ) {
+        let mut specs = Vec::with_capacity(object_ids.len());
+        let mut missing: Vec<ObjectId> = Vec::new();
+        for id in &object_ids {
+            match self.objects.get(id) {
+                Some(o) if o.state == State::Sealed => {
+                    specs.push(Some(o.spec()));
+                    self.add_ref(client, *id);
+                }
+                _ => {
+                    specs.push(None);
+                    if !missing.contains(id) {
+                        missing.push(*id);
+                    }
+                }
+            }
+        }
+        let pending = self.clients.get(&client).map_or(0, |c| c.gets.len());
+        if missing.is_empty() || timeout_ms == 0 || (timeout_ms < -1) {
+            self.reply_get(client, object_ids, specs, out);
+            return;
+        }
+        if pending >= self.max_pending_gets {
+            warn!("client {client} has {pending} gets waiting already; answering this one at once");
+            self.reply_get(client, object_ids, specs, out);
+            return;
+        }
+        let get = self.next_get;
+        self.next_get += 1;
+        for id in &missing {
+            self.waiters.entry(*id).or_default().push(get);
+        }
+        if timeout_ms > 0 {
+            let deadline = now + Duration::from_millis(timeout_ms.unsigned_abs());
+            self.deadlines.push(Reverse((deadline, get)));
+        }
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.gets.insert(get);
+        }
+        self.gets.insert(
+            get,
+            PendingGet {
+                client,
+                object_ids,
+                specs,
+                remaining: missing.len(),
+            },
+        );
+    }
+
+    fn reply_get(
+        &mut self,
+        client: ClientId,
+        object_ids: Vec<ObjectId>,
+        objects: Vec<Option<ObjectSpec>>,
+        out: &mut impl Sink,
+    ) {
+        let any = objects.iter().any(Option::is_some);
+        let (store_fds, mmap_sizes) = if any {
+            (vec![SEGMENT_ID], vec![self.mmap_size()])
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        out.reply(
+            client,
+            &Reply::Get {
+                object_ids,
+                objects,
+                store_fds,
+                mmap_sizes,
+            },
+        );
+        if any {
+            self.send_segment_once(client, out);
+        }
+    }
+
+    /// Fills `object_id` into every get waiting for it and answers the complete ones.
+    fn wake_waiters(&mut self, object_id: ObjectId, out: &mut impl Sink) {
+        let Some(list) = self.waiters.remove(&object_id) else {
+            return;
+        };
+        let Some(spec) = self.objects.get(&object_id).map(Object::spec) else {
+            return;
+        };
+        for get in list {
+            let Some(g) = self.gets.get_mut(&get) else {
+                continue;
+            };
+            for (id, s) in g.object_ids.iter().zip(g.specs.iter_mut()) {
+                if *id == object_id {
+                    *s = Some(spec);
+                }
+            }
+            g.remaining = g.remaining.saturating_sub(1);
+            let (client, done) = (g.client, g.remaining == 0);
+            self.add_ref(client, object_id);
+            if done {
+                self.finish_get(get, out);
+            }
+        }
+    }
+
+    /// Answers a waiting get with what it has, and forgets it.
+    fn finish_get(&mut self, get: u64, out: &mut impl Sink) {
+        if let Some(g) = self.drop_get(get) {
+            self.reply_get(g.client, g.object_ids, g.specs, out);
+        }
+    }
+
+    /// Forgets a waiting get without answering it.
+    fn drop_get(&mut self, get: u64) -> Option<PendingGet> {
+        let g = self.gets.remove(&get)?;
+        if let Some(c) = self.clients.get_mut(&g.client) {
+            c.gets.remove(&get);
+        }
+        for (id, spec) in g.object_ids.iter().zip(&g.specs) {
+            if spec.is_none()
+                && let Entry::Occupied(mut e) = self.waiters.entry(*id)
+            {
+                e.get_mut().retain(|w| *w != get);
+                if e.get().is_empty() {
+                    e.remove();
+                }
+            }
+        }
+        Some(g)
+    }
+
+    /// Gives `client` its (single) reference to a sealed or newly created object.
+    fn add_ref(&mut self, client: ClientId, object_id: ObjectId) {
+        let Some(c) = self.clients.get_mut(&client) else {
+            return;
+        };
+        if !c.refs.insert(object_id) {
+            return;
+        }
+        if let Some(o) = self.objects.get_mut(&object_id) {
+            o.ref_count += 1;
+            if let Some(seq) = o.lru_seq.take() {
+                self.lru.remove(&seq);
+            }
+        }
+    }
+
+    fn release(&mut self, client: ClientId, object_id: ObjectId, out: &mut impl Sink) {
+        let state = self.objects.get(&object_id).map(|o| o.state);
+        if state == Some(State::Created) {
+            // The creator's reference pins an unsealed object until seal, abort or disconnect;
+            // giving it up here would leave an object nobody can clean up.
+            warn!("client {client}: release of unsealed {object_id}; ignored");
+            return;
+        }
+        let held = self
+            .clients
+            .get_mut(&client)
+            .is_some_and(|c| c.refs.remove(&object_id));
+        if !held {
+            warn!("client {client}: release of {object_id}, which it does not hold; ignored");
+            return;
+        }
+        if let Some(o) = self.objects.get_mut(&object_id) {
+            o.ref_count = o.ref_count.saturating_sub(1);
+            if o.ref_count == 0 {
+                self.unreferenced(object_id, out);
+            }
+        }
+    }
+
+    /// A sealed object lost its last reference: delete it if a delete was deferred, else make
+    /// it evictable.
+    fn unreferenced(&mut self, object_id: ObjectId, out: &mut impl Sink) {
+        if self.deferred_deletes.contains(&object_id) {
+            self.delete_now(object_id, out);
+        } else {
+            self.lru_insert(object_id);
+        }
+    }
+
+    fn lru_insert(&mut self, object_id: ObjectId) {
+        if let Some(o) = self.objects.get_mut(&object_id) {
+            let seq = self.next_lru;
+            self.next_lru += 1;
+            o.lru_seq = Some(seq);
+            self.lru.insert(seq, object_id);
+        }
+    }
+
+    fn delete(&mut self, object_id: ObjectId, out: &mut impl Sink) -> PlasmaError {
+        let Some(o) = self.objects.get(&object_id) else {
+            return PlasmaError::ObjectNotFound;
+        };
+        if o.state != State::Sealed {
+            self.deferred_deletes.insert(object_id);
+            return PlasmaError::ObjectNotSealed;
+        }
+        if o.ref_count > 0 {
+            self.deferred_deletes.insert(object_id);
+            return PlasmaError::ObjectInUse;
+        }
+        self.delete_now(object_id, out);
+        PlasmaError::Ok
+    }
+
+    /// Removes a sealed, unreferenced object and tells the subscribers.
+    fn delete_now(&mut self, object_id: ObjectId, out: &mut impl Sink) {
+        if self.remove_object(object_id) {
+            out.notify(&[ObjectInfo {
+                object_id,
+                is_deletion: true,
+                ..ObjectInfo::default()
+            }]);
+        }
+    }
+
+    /// Frees an object's memory and erases every trace of it. Returns whether it existed.
+    fn remove_object(&mut self, object_id: ObjectId) -> bool {
+        let Some(o) = self.objects.remove(&object_id) else {
+            return false;
+        };
+        if let Some(seq) = o.lru_seq {
+            self.lru.remove(&seq);
+        }
+        self.deferred_deletes.remove(&object_id);
+        if let Err(e) = self.arena.free(o.offset) {
+            warn!("freeing {object_id} at {}: {e}", o.offset);
+        }
+        self.allocated = self.allocated.saturating_sub(o.size());
+        true
+    }
+
+    fn set_options(&mut self, client: ClientId, name: Vec<u8>, quota: i64) -> PlasmaError {
+        let global = self.global_capacity();
+        let Some(c) = self.clients.get_mut(&client) else {
+            return PlasmaError::OutOfMemory;
+        };
+        c.name = Some(String::from_utf8_lossy(&name).into_owned());
+        if c.quota.is_some() {
+            warn!("client {client}: cannot change the client quota once set");
+            return PlasmaError::OutOfMemory;
+        }
+        let Ok(quota) = u64::try_from(quota) else {
+            warn!("client {client}: negative quota {quota}");
+            return PlasmaError::OutOfMemory;
+        };
+        // Quotas together may take at most 70 % of the capacity.
+        let floor = self.capacity as f64 * 0.3;
+        if (global as f64 - quota as f64) < floor {
+            warn!("client {client}: not enough memory to set a quota of {quota} bytes");
+            return PlasmaError::OutOfMemory;
+        }
+        c.quota = Some(quota);
+        info!("adjusting global lru capacity from {global} to {}", global - quota);
+        PlasmaError::Ok
+    }
+
+    /// The capacity left to the global LRU after the quotas.
+    fn global_capacity(&self) -> u64 {
+        let quotas: u64 = self.clients.values().filter_map(|c| c.quota).sum();
+        self.capacity.saturating_sub(quotas)
+    }
+
+    fn debug_string(&self) -> String {
+        let quota_clients: Vec<&ClientState> =
+            self.clients.values().filter(|c| c.quota.is_some()).collect();
+        let pinned: u64 = self
+            .objects
+            .values()
+            .filter(|o| o.ref_count > 0)
+            .map(Object::size)
+            .sum();
+        let lru_bytes: u64 = self
+            .lru
+            .values()
+            .filter_map(|id| self.objects.get(id))
+            .map(Object::size)
+            .sum();
+        let global = self.global_capacity();
+        let mut s = format!(
+            "num clients with quota: {}\nquota map size: 0\npinned quota map size: 0\n\
+             allocated bytes: {}\nallocation limit: {}\npinned bytes: {pinned}\n",
+            quota_clients.len(),
+            self.allocated,
+            self.capacity
+        );
+        s += &lru_report(
+            "global lru",
+            global,
+            lru_bytes,
+            self.capacity,
+            self.lru.len(),
+            self.evictions,
+            self.bytes_evicted,
+        );
+        for c in quota_clients {
+            let quota = c.quota.unwrap_or(0);
+            s.push('\n');
+            s += &lru_report(c.name.as_deref().unwrap_or(ANONYMOUS), quota, 0, quota, 0, 0, 0);
+        }
+        s
+    }
+}
+
+fn seal_info(object_id: ObjectId, o: &Object) -> ObjectInfo {
+    ObjectInfo {
+        object_id,
+        data_size: i64::try_from(o.data_size).unwrap_or(i64::MAX),
+        metadata_size: i64::try_from(o.metadata_size).unwrap_or(i64::MAX),
+        digest: o.digest,
+        ..ObjectInfo::default()
+    }
+}
+
+/// The five lines the original prints per LRU cache.
+fn lru_report(
+    name: &str,
+    capacity: u64,
+    used: u64,
+    original: u64,
+    objects: usize,
+    evictions: u64,
+    bytes_evicted: u64,
+) -> String {
+    let pct = if original == 0 {
+        0.0
+    } else {
+        100.0 * (1.0 - (capacity as f64 - used as f64) / original as f64)
+    };
+    format!(
+        "({name}) capacity: {capacity}\n({name}) used: {}%\n({name}) num objects: {objects}\n\
+         ({name}) num evictions: {evictions}\n({name}) bytes evicted: {bytes_evicted}",
+        format_g(pct)
+    )
+}
+
+/// Formats like C++ streams' default for doubles (`%g`: 6 significant digits, no trailing
+/// zeros).
+pub fn format_g(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return if v.is_finite() { "0".into() } else { v.to_string() };
+    }
+    let exp = v.abs().log10().floor() as i32;
+    if !(-5..6).contains(&exp) {
+        let s = format!("{v:.5e}");
+        let (mant, e) = s.split_once('e').unwrap_or((&s, "0"));
+        let mant = trim_zeros(mant);
+        let e: i32 = e.parse().unwrap_or(0);
+        let sign = if e < 0 { '-' } else { '+' };
+        return format!("{mant}e{sign}{:02}", e.abs());
+    }
+    let decimals = usize::try_from(5 - exp).unwrap_or(0);
+    trim_zeros(&format!("{v:.decimals$}")).to_string()
+}
+
+fn trim_zeros(s: &str) -> &str {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.')
+    } else {
+        s
+    }
+}

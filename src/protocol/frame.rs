@@ -182,6 +182,19 @@ impl FrameDecoder {
         }))
     }
 
+    /// Consumes one raw byte between two frames: the data byte that carries a passed fd
+    /// (a SubscribeRequest is followed by one). Returns false if no byte is buffered or a frame
+    /// is partly parsed.
+    pub fn skip_byte(&mut self) -> bool {
+        self.start += self.pending;
+        self.pending = 0;
+        if self.header.is_some() || self.start >= self.buf.len() {
+            return false;
+        }
+        self.start += 1;
+        true
+    }
+
     /// Frees the buffer if it grew large and is now empty (after a big message).
     pub fn shrink(&mut self, keep: usize) {
         self.compact();
