@@ -74,6 +74,17 @@ fn block_len(requested: u64) -> u64 {
         .saturating_mul(ALIGNMENT)
 }
 
+/// The largest aligned part of `[base, base + len)` (clamped to `u64::MAX`), as `(base,
+/// capacity)` with both multiples of [`ALIGNMENT`]. The identity for a valid aligned range.
+fn aligned_range(base: u64, len: u64) -> (u64, u64) {
+    let end = base.saturating_add(len);
+    match base.checked_next_multiple_of(ALIGNMENT) {
+        Some(start) if start <= end => (start, (end - start) / ALIGNMENT * ALIGNMENT),
+        // Not even one aligned offset in range: an empty arena.
+        _ => (base / ALIGNMENT * ALIGNMENT, 0),
+    }
+}
+
 /// A best-fit allocator over the offsets `[base, base + capacity)`, with all of its bookkeeping
 /// outside the managed memory. See the [module documentation](self).
 #[derive(Debug, Clone)]
@@ -112,12 +123,7 @@ impl Arena {
             base.checked_add(len).is_some(),
             "arena range {base}+{len} overflows u64"
         );
-        let end = base.saturating_add(len);
-        let (base, capacity) = match base.checked_next_multiple_of(ALIGNMENT) {
-            Some(start) if start <= end => (start, (end - start) / ALIGNMENT * ALIGNMENT),
-            // Not even one aligned offset in range: an empty arena.
-            _ => (base / ALIGNMENT * ALIGNMENT, 0),
-        };
+        let (base, capacity) = aligned_range(base, len);
         let mut arena = Arena {
             base,
             capacity,
@@ -361,5 +367,372 @@ impl Arena {
     fn remove_free(&mut self, offset: u64, len: u64) {
         self.free.remove(&offset);
         self.free_by_size.remove(&(len, offset));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KIB: u64 = 1024;
+
+    /// Asserts the invariants hold, with the checker's message on failure.
+    fn check(arena: &Arena) {
+        if let Err(e) = arena.check_invariants() {
+            panic!("invariant violated: {e}\n{arena:?}");
+        }
+    }
+
+    /// All permutations of `items` (fine for the handful used here).
+    fn permutations(items: &[u64]) -> Vec<Vec<u64>> {
+        if items.len() <= 1 {
+            return vec![items.to_vec()];
+        }
+        let mut out = Vec::new();
+        for i in 0..items.len() {
+            let mut rest = items.to_vec();
+            let first = rest.remove(i);
+            for mut tail in permutations(&rest) {
+                tail.insert(0, first);
+                out.push(tail);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn new_arena_is_one_free_block() {
+        let arena = Arena::new(64, 4 * KIB);
+        check(&arena);
+        assert_eq!(arena.base(), 64);
+        assert_eq!(arena.capacity(), 4 * KIB);
+        assert_eq!(arena.free_bytes(), 4 * KIB);
+        assert_eq!(arena.largest_free_block(), 4 * KIB);
+        assert_eq!(arena.free_block_count(), 1);
+        assert_eq!(arena.live_blocks(), 0);
+        assert_eq!(arena.used_bytes(), 0);
+        assert_eq!(arena.allocated_bytes(), 0);
+    }
+
+    #[test]
+    fn offsets_are_aligned_and_blocks_rounded_up() {
+        let mut arena = Arena::new(128, 64 * KIB);
+        let mut expected_offset = 128;
+        let mut allocated = 0;
+        for size in [1, 63, 64, 65, 127, 128, 129, 1000, 4095, 4096] {
+            let offset = arena.alloc(size).unwrap();
+            assert_eq!(offset % ALIGNMENT, 0, "size {size}");
+            // A fresh arena fills from the bottom, one rounded block after another.
+            assert_eq!(offset, expected_offset, "size {size}");
+            expected_offset += size.div_ceil(64) * 64;
+            allocated += size;
+            check(&arena);
+        }
+        assert_eq!(arena.allocated_bytes(), allocated);
+        assert_eq!(arena.used_bytes(), expected_offset - 128);
+        assert_eq!(arena.free_bytes(), 64 * KIB - arena.used_bytes());
+    }
+
+    #[test]
+    fn zero_size_allocs_are_distinct() {
+        let mut arena = Arena::new(0, KIB);
+        let a = arena.alloc(0).unwrap();
+        let b = arena.alloc(0).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a.abs_diff(b), ALIGNMENT);
+        assert_eq!(arena.allocated_bytes(), 0);
+        assert_eq!(arena.used_bytes(), 2 * ALIGNMENT);
+        assert_eq!(arena.live_blocks(), 2);
+        check(&arena);
+        assert_eq!(arena.free(a), Ok(0));
+        assert_eq!(arena.free(b), Ok(0));
+        assert_eq!(arena.free_block_count(), 1);
+        check(&arena);
+    }
+
+    #[test]
+    fn zero_size_allocs_fill_the_arena() {
+        let mut arena = Arena::new(0, 4 * ALIGNMENT);
+        let offsets: Vec<u64> = (0..4).map(|_| arena.alloc(0).unwrap()).collect();
+        assert_eq!(offsets, [0, 64, 128, 192]);
+        assert_eq!(arena.alloc(0), None);
+        check(&arena);
+    }
+
+    #[test]
+    fn exact_fit_of_the_whole_capacity() {
+        let mut arena = Arena::new(64, 8 * KIB);
+        assert_eq!(arena.alloc(8 * KIB), Some(64));
+        check(&arena);
+        assert_eq!(arena.free_bytes(), 0);
+        assert_eq!(arena.largest_free_block(), 0);
+        assert_eq!(arena.free_block_count(), 0);
+        assert_eq!(arena.alloc(0), None);
+        assert_eq!(arena.alloc(1), None);
+        assert_eq!(arena.free(64), Ok(8 * KIB));
+        assert_eq!(arena.alloc(8 * KIB + 1), None);
+        assert_eq!(arena.alloc(8 * KIB - 63), Some(64));
+        assert_eq!(arena.alloc(0), None);
+        check(&arena);
+    }
+
+    #[test]
+    fn freeing_in_every_order_coalesces_to_one_block() {
+        // Sizes 1, 2, 3 and 4 units; then the same with a free tail after them.
+        for len in [10 * ALIGNMENT, 16 * ALIGNMENT] {
+            for order in permutations(&[0, 1, 2, 3]) {
+                let mut arena = Arena::new(64, len);
+                let offsets: Vec<u64> = (1..=4)
+                    .map(|units| arena.alloc(units * ALIGNMENT).unwrap())
+                    .collect();
+                for &i in &order {
+                    let offset = offsets[i as usize];
+                    assert_eq!(arena.free(offset), Ok((i + 1) * ALIGNMENT));
+                    check(&arena);
+                }
+                assert_eq!(arena.free_block_count(), 1, "order {order:?}");
+                assert_eq!(arena.largest_free_block(), len, "order {order:?}");
+                assert_eq!(arena.used_bytes(), 0);
+                assert_eq!(arena.alloc(len), Some(64));
+            }
+        }
+    }
+
+    #[test]
+    fn freeing_merges_with_both_neighbours() {
+        let mut arena = Arena::new(0, 5 * ALIGNMENT);
+        let blocks: Vec<u64> = (0..5).map(|_| arena.alloc(64).unwrap()).collect();
+        arena.free(blocks[1]).unwrap();
+        arena.free(blocks[3]).unwrap();
+        assert_eq!(arena.free_block_count(), 2);
+        arena.free(blocks[2]).unwrap();
+        check(&arena);
+        assert_eq!(arena.free_block_count(), 1);
+        assert_eq!(arena.largest_free_block(), 3 * ALIGNMENT);
+        assert_eq!(arena.alloc(3 * ALIGNMENT), Some(blocks[1]));
+    }
+
+    #[test]
+    fn double_free_and_unknown_offsets_are_errors() {
+        let mut arena = Arena::new(64, 4 * KIB);
+        let a = arena.alloc(100).unwrap();
+        let b = arena.alloc(100).unwrap();
+        assert_eq!(arena.free(a), Ok(100));
+        let before = (
+            arena.allocated_bytes(),
+            arena.used_bytes(),
+            arena.live_blocks(),
+            arena.free_block_count(),
+        );
+        let tail = b + 128; // start of the free remainder, never handed out
+        for bad in [a, b + 64, b + 1, tail, 0, 63, 64 + 4 * KIB, u64::MAX] {
+            assert_eq!(arena.free(bad), Err(ArenaError::NotAllocated(bad)));
+            check(&arena);
+            let after = (
+                arena.allocated_bytes(),
+                arena.used_bytes(),
+                arena.live_blocks(),
+                arena.free_block_count(),
+            );
+            assert_eq!(after, before, "freeing {bad} changed the arena");
+        }
+        assert_eq!(arena.free(b), Ok(100));
+        assert_eq!(arena.free(b), Err(ArenaError::NotAllocated(b)));
+        assert_eq!(arena.free_block_count(), 1);
+    }
+
+    #[test]
+    fn huge_sizes_return_none() {
+        let mut arena = Arena::new(64, 4 * KIB);
+        for size in [
+            4 * KIB + 1,
+            u64::MAX / 2,
+            u64::MAX - 64,
+            u64::MAX - 63,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(arena.alloc(size), None, "size {size}");
+        }
+        check(&arena);
+        assert_eq!(arena.live_blocks(), 0);
+
+        // The largest possible arena, at the very top of the offset space.
+        let mut top = Arena::new(0, u64::MAX);
+        assert_eq!(top.capacity(), u64::MAX - 63);
+        assert_eq!(top.alloc(u64::MAX), None);
+        assert_eq!(top.alloc(u64::MAX - 62), None);
+        assert_eq!(top.alloc(u64::MAX - 63), Some(0));
+        assert_eq!(top.alloc(0), None);
+        check(&top);
+        assert_eq!(top.free(0), Ok(u64::MAX - 63));
+        let high_base = u64::MAX - 63 - 4 * KIB;
+        let mut high = Arena::new(high_base, 4 * KIB + 63);
+        let a = high.alloc(4 * KIB - 64).unwrap();
+        let b = high.alloc(1).unwrap();
+        assert_eq!(b, u64::MAX - 127);
+        assert_eq!(high.alloc(0), None);
+        check(&high);
+        high.free(a).unwrap();
+        high.free(b).unwrap();
+        check(&high);
+    }
+
+    #[test]
+    fn best_fit_picks_the_smallest_fitting_hole() {
+        // Holes of 3, 1, 2 and 2 units, separated by live one-unit blocks, then a big tail.
+        let mut arena = Arena::new(0, 64 * ALIGNMENT);
+        let mut holes = Vec::new();
+        for units in [3, 1, 2, 2] {
+            holes.push(arena.alloc(units * ALIGNMENT).unwrap());
+            arena.alloc(0).unwrap();
+        }
+        for &hole in &holes {
+            arena.free(hole).unwrap();
+        }
+        check(&arena);
+        assert_eq!(arena.free_block_count(), 5);
+        // Two units: the first of the two 2-unit holes, not the 3-unit one or the tail.
+        assert_eq!(arena.alloc(65), Some(holes[2]));
+        assert_eq!(arena.alloc(128), Some(holes[3]));
+        // One unit: the 1-unit hole.
+        assert_eq!(arena.alloc(0), Some(holes[1]));
+        // Now only the 3-unit hole and the tail are left; one unit comes from the 3-unit hole.
+        assert_eq!(arena.alloc(1), Some(holes[0]));
+        assert_eq!(arena.alloc(2 * ALIGNMENT), Some(holes[0] + ALIGNMENT));
+        check(&arena);
+        assert_eq!(arena.free_block_count(), 1);
+    }
+
+    #[test]
+    fn try_new_rejects_bad_ranges() {
+        assert_eq!(
+            Arena::try_new(1, KIB).unwrap_err(),
+            ArenaError::MisalignedBase(1)
+        );
+        assert_eq!(
+            Arena::try_new(u64::MAX - 63, 64).unwrap_err(),
+            ArenaError::RangeOverflow {
+                base: u64::MAX - 63,
+                len: 64
+            }
+        );
+        let arena = Arena::try_new(u64::MAX - 63, 63).unwrap();
+        assert_eq!(arena.capacity(), 0);
+        let arena = Arena::try_new(128, KIB).unwrap();
+        assert_eq!((arena.base(), arena.capacity()), (128, KIB));
+    }
+
+    #[test]
+    fn unaligned_len_is_rounded_down() {
+        let mut arena = Arena::new(64, 4 * KIB + 63);
+        check(&arena);
+        assert_eq!(arena.capacity(), 4 * KIB);
+        assert_eq!(arena.alloc(4 * KIB + 1), None);
+        assert_eq!(arena.alloc(4 * KIB), Some(64));
+    }
+
+    #[test]
+    fn empty_arenas_allocate_nothing() {
+        for len in [0, 1, 63] {
+            let mut arena = Arena::new(64, len);
+            check(&arena);
+            assert_eq!(arena.capacity(), 0);
+            assert_eq!(arena.free_block_count(), 0);
+            assert_eq!(arena.largest_free_block(), 0);
+            assert_eq!(arena.alloc(0), None);
+            assert_eq!(arena.free(64), Err(ArenaError::NotAllocated(64)));
+        }
+    }
+
+    /// What `new` falls back to in release builds instead of panicking on a bad range.
+    #[test]
+    fn bad_ranges_are_clamped_to_their_aligned_part() {
+        assert_eq!(aligned_range(128, 4 * KIB + 63), (128, 4 * KIB));
+        assert_eq!(aligned_range(1, 200), (64, 128));
+        assert_eq!(aligned_range(1, 62), (0, 0));
+        assert_eq!(aligned_range(u64::MAX - 10, 100), (u64::MAX - 63, 0));
+        assert_eq!(aligned_range(u64::MAX - 127, 1000), (u64::MAX - 127, 64));
+        assert_eq!(aligned_range(0, u64::MAX), (0, u64::MAX - 63));
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "not a multiple of 64")]
+    fn new_asserts_alignment_in_debug() {
+        Arena::new(1, 200);
+    }
+
+    #[test]
+    fn check_invariants_catches_corruption() {
+        let mut arena = Arena::new(0, 16 * ALIGNMENT);
+        let a = arena.alloc(64).unwrap();
+        let b = arena.alloc(64).unwrap();
+        arena.alloc(64).unwrap();
+        arena.free(a).unwrap();
+        arena.free(b).unwrap();
+        check(&arena);
+
+        // Each corruption, and a piece of the message that names what is wrong.
+        type Corruption = (&'static str, fn(&mut Arena));
+        let corruptions: [Corruption; 9] = [
+            ("follows another free block", |a| {
+                a.remove_free(0, 128);
+                a.insert_free(0, 64);
+                a.insert_free(64, 64);
+            }),
+            ("gap or overlap", |a| {
+                // A free block reaching into the live block at 128.
+                a.remove_free(0, 128);
+                a.insert_free(0, 192);
+            }),
+            ("gap or overlap", |a| {
+                // The live block at 128 grows over the free tail at 192.
+                *a.live.get_mut(&128).unwrap() = 128;
+                a.allocated_bytes += 127;
+                a.used_bytes += 64;
+            }),
+            ("gap or overlap", |a| a.remove_free(0, 128)),
+            ("missing from the size index", |a| {
+                a.free_by_size.remove(&(128, 0));
+            }),
+            ("size index has", |a| {
+                a.free_by_size.insert((64, 0));
+            }),
+            ("allocated_bytes", |a| a.allocated_bytes += 1),
+            ("used_bytes", |a| a.used_bytes += 64),
+            ("past the arena end", |a| {
+                a.remove_free(192, 13 * ALIGNMENT);
+                a.insert_free(192, 14 * ALIGNMENT);
+            }),
+        ];
+        for (what, corrupt) in corruptions {
+            let mut broken = arena.clone();
+            corrupt(&mut broken);
+            match broken.check_invariants() {
+                Ok(()) => panic!("missed: {what}"),
+                Err(e) => assert!(e.contains(what), "expected {what:?}, got {e:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn errors_display() {
+        assert_eq!(
+            ArenaError::NotAllocated(128).to_string(),
+            "no allocated block starts at offset 128"
+        );
+        assert_eq!(
+            ArenaError::MisalignedBase(3).to_string(),
+            "arena base 3 is not a multiple of 64"
+        );
+        assert_eq!(
+            ArenaError::RangeOverflow {
+                base: 64,
+                len: u64::MAX
+            }
+            .to_string(),
+            format!("arena range 64+{} overflows u64", u64::MAX)
+        );
     }
 }
