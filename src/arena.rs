@@ -735,4 +735,209 @@ mod tests {
             format!("arena range 64+{} overflows u64", u64::MAX)
         );
     }
+
+    // Property tests: random operation sequences checked step by step against a shadow model.
+
+    use proptest::prelude::*;
+    use proptest::sample::Index;
+
+    /// One step of a random run.
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Allocate this many bytes.
+        Alloc(u64),
+        /// Free the live block at this index of the model.
+        Free(Index),
+        /// Free the most recently freed offset again (if it was not reused since).
+        DoubleFree,
+        /// Free `base + delta`: an error unless a live block starts there.
+        FreeAt(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let size = prop_oneof![
+            4 => 0u64..=256,
+            3 => 0u64..=2048,
+            1 => 0u64..=20_000,
+            1 => Just(0u64),
+            1 => (0u64..=64).prop_map(|d| u64::MAX - d),
+        ];
+        prop_oneof![
+            8 => size.prop_map(Op::Alloc),
+            6 => any::<Index>().prop_map(Op::Free),
+            1 => Just(Op::DoubleFree),
+            1 => (0u64..=20_000).prop_map(Op::FreeAt),
+        ]
+    }
+
+    /// The model's idea of a block's length, computed independently (in u128) from the arena's.
+    fn model_len(size: u64) -> u128 {
+        u128::from(size.max(1)).div_ceil(64) * 64
+    }
+
+    /// The gaps between the model's live blocks, as `(offset, length)` in offset order: what
+    /// the arena's free blocks must be when fully coalesced.
+    fn model_gaps(base: u64, capacity: u64, live: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut sorted = live.to_vec();
+        sorted.sort_unstable();
+        let mut gaps = Vec::new();
+        let mut cursor = u128::from(base);
+        for (offset, size) in sorted.into_iter().chain([(base + capacity, 0)]) {
+            let offset = u128::from(offset);
+            assert!(offset >= cursor, "model blocks overlap at {offset}");
+            if offset > cursor {
+                gaps.push((cursor as u64, (offset - cursor) as u64));
+            }
+            cursor = offset + model_len(size);
+        }
+        gaps
+    }
+
+    /// Compares everything observable about the arena with the model.
+    fn check_against_model(arena: &Arena, live: &[(u64, u64)]) -> Result<(), TestCaseError> {
+        if let Err(e) = arena.check_invariants() {
+            return Err(TestCaseError::fail(format!("invariant: {e}")));
+        }
+        let requested: u64 = live.iter().map(|&(_, size)| size).sum();
+        let used: u128 = live.iter().map(|&(_, size)| model_len(size)).sum();
+        let gaps = model_gaps(arena.base(), arena.capacity(), live);
+        prop_assert_eq!(arena.allocated_bytes(), requested);
+        prop_assert_eq!(u128::from(arena.used_bytes()), used);
+        prop_assert_eq!(arena.free_bytes(), arena.capacity() - arena.used_bytes());
+        prop_assert_eq!(arena.live_blocks(), live.len());
+        prop_assert_eq!(arena.free_block_count(), gaps.len());
+        let largest_gap = gaps.iter().map(|&(_, len)| len).max().unwrap_or(0);
+        prop_assert_eq!(arena.largest_free_block(), largest_gap);
+        Ok(())
+    }
+
+    /// Runs `ops` on a fresh arena over `[base, base + len)`, checking every step against a
+    /// shadow model (the list of live `(offset, size)`), then frees everything in an order
+    /// picked by `drain` and checks the arena is one free block again.
+    fn run(base: u64, len: u64, ops: &[Op], drain: &[Index]) -> Result<(), TestCaseError> {
+        let mut arena = Arena::new(base, len);
+        let capacity = arena.capacity();
+        prop_assert_eq!(capacity, len / 64 * 64);
+        let end = u128::from(base) + u128::from(capacity);
+        let mut live: Vec<(u64, u64)> = Vec::new();
+        let mut last_freed: Option<u64> = None;
+        check_against_model(&arena, &live)?;
+
+        for op in ops {
+            match *op {
+                Op::Alloc(size) => {
+                    // Best fit over the model's holes: smallest that fits, lowest offset on ties.
+                    let gaps = model_gaps(base, capacity, &live);
+                    let expected = gaps
+                        .iter()
+                        .filter(|&&(_, gap)| u128::from(gap) >= model_len(size))
+                        .min_by_key(|&&(offset, gap)| (gap, offset))
+                        .map(|&(offset, _)| offset);
+                    let got = arena.alloc(size);
+                    prop_assert_eq!(got, expected, "alloc({}) in gaps {:?}", size, gaps);
+                    if let Some(offset) = got {
+                        prop_assert_eq!(offset % 64, 0);
+                        let block_end = u128::from(offset) + model_len(size);
+                        prop_assert!(offset >= base && block_end <= end, "{offset} out of range");
+                        for &(other, other_size) in &live {
+                            let other_end = u128::from(other) + model_len(other_size);
+                            prop_assert!(
+                                block_end <= u128::from(other) || other_end <= u128::from(offset),
+                                "new block {offset}+{size} overlaps live {other}+{other_size}"
+                            );
+                        }
+                        live.push((offset, size));
+                        if last_freed == Some(offset) {
+                            last_freed = None;
+                        }
+                    }
+                }
+                Op::Free(index) => {
+                    if live.is_empty() {
+                        continue;
+                    }
+                    let (offset, size) = live.swap_remove(index.index(live.len()));
+                    prop_assert_eq!(arena.free(offset), Ok(size));
+                    last_freed = Some(offset);
+                }
+                Op::DoubleFree => {
+                    if let Some(offset) = last_freed
+                        && !live.iter().any(|&(o, _)| o == offset)
+                    {
+                        prop_assert_eq!(arena.free(offset), Err(ArenaError::NotAllocated(offset)));
+                    }
+                }
+                Op::FreeAt(delta) => {
+                    let offset = base.wrapping_add(delta);
+                    match live.iter().position(|&(o, _)| o == offset) {
+                        Some(i) => {
+                            let (_, size) = live.swap_remove(i);
+                            prop_assert_eq!(arena.free(offset), Ok(size));
+                            last_freed = Some(offset);
+                        }
+                        None => {
+                            prop_assert_eq!(
+                                arena.free(offset),
+                                Err(ArenaError::NotAllocated(offset))
+                            );
+                        }
+                    }
+                }
+            }
+            check_against_model(&arena, &live)?;
+        }
+
+        for index in drain.iter().cycle() {
+            if live.is_empty() {
+                break;
+            }
+            let (offset, size) = live.swap_remove(index.index(live.len()));
+            prop_assert_eq!(arena.free(offset), Ok(size));
+            check_against_model(&arena, &live)?;
+        }
+        prop_assert_eq!(arena.used_bytes(), 0);
+        prop_assert_eq!(arena.allocated_bytes(), 0);
+        prop_assert_eq!(arena.free_block_count(), usize::from(capacity > 0));
+        prop_assert_eq!(arena.largest_free_block(), capacity);
+        prop_assert_eq!(arena.alloc(capacity), (capacity > 0).then_some(base));
+        Ok(())
+    }
+
+    /// Bases to test: zero, small, and the very top of the offset space (so `offset + len`
+    /// arithmetic would overflow if done carelessly).
+    fn base_for(kind: u8, small: u64, len: u64) -> u64 {
+        match kind % 3 {
+            0 => 0,
+            1 => small * 64,
+            _ => (u64::MAX - len) / 64 * 64,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Small arenas: allocation failures, exact fits and full coalescing are common.
+        #[test]
+        fn small_arena_matches_model(
+            kind in any::<u8>(),
+            small in 0u64..1000,
+            len in 0u64..=4096,
+            ops in prop::collection::vec(op(), 0..200),
+            drain in prop::collection::vec(any::<Index>(), 1..16),
+        ) {
+            run(base_for(kind, small, len), len, &ops, &drain)?;
+        }
+
+        /// Larger arenas: many live blocks and holes at once.
+        #[test]
+        fn large_arena_matches_model(
+            kind in any::<u8>(),
+            small in 0u64..1000,
+            len in 16_384u64..=262_144,
+            ops in prop::collection::vec(op(), 0..400),
+            drain in prop::collection::vec(any::<Index>(), 1..16),
+        ) {
+            run(base_for(kind, small, len), len, &ops, &drain)?;
+        }
+    }
 }
