@@ -3,7 +3,7 @@
 //!
 //! An [`Arena`] manages the offsets `[base, base + capacity)` and hands out 64-byte aligned
 //! blocks whose lengths are multiples of 64 bytes, with best-fit placement and immediate
-//! coalescing of free neighbours (the policy dlmalloc uses for large chunks).
+//! coalescing of free neighbours (much like dlmalloc treats large chunks).
 //!
 //! Unlike dlmalloc, the arena never reads or writes the memory it manages. All bookkeeping
 //! (block boundaries, sizes, the free lists) lives in ordinary Rust collections on the store's
@@ -21,7 +21,7 @@
 //!   entry at or after `(needed, 0)`: the smallest block that fits, lowest offset on ties.
 //!
 //! Free blocks are always fully coalesced and, together with the live blocks, tile the whole
-//! range. [`Arena::check_invariants`] verifies all of this; tests and fuzz targets call it.
+//! range. [`Arena::check_invariants`] verifies all of this, for tests and fuzz targets.
 //! Every operation is O(log n) in the number of blocks, and the arena contains no `unsafe`.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -240,7 +240,8 @@ impl Arena {
         self.live.len()
     }
 
-    /// Number of free blocks; 1 for an empty arena, more means fragmentation.
+    /// Number of free blocks: 1 when nothing is allocated (0 if the capacity is 0); more
+    /// means fragmentation.
     pub fn free_block_count(&self) -> usize {
         self.free.len()
     }
