@@ -69,7 +69,11 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "Mi" | "MiB" => 1 << 20,
         "Gi" | "GiB" => 1 << 30,
         "Ti" | "TiB" => 1 << 40,
-        u => return Err(format!("-m: unknown unit {u:?} (use k, M, G, T, KiB, MiB, GiB or TiB)")),
+        u => {
+            return Err(format!(
+                "-m: unknown unit {u:?} (use k, M, G, T, KiB, MiB, GiB or TiB)"
+            ));
+        }
     };
     let bytes = n
         .checked_mul(mult)
@@ -175,7 +179,9 @@ fn main() -> ExitCode {
         args.memory,
         args.directory
             .as_ref()
-            .map_or("an anonymous memfd".to_string(), |d| d.display().to_string()),
+            .map_or("an anonymous memfd".to_string(), |d| d
+                .display()
+                .to_string()),
         if args.huge_pages { ", huge pages" } else { "" }
     );
     match server.run() {
@@ -212,11 +218,17 @@ mod tests {
         let Ok(Parsed::Run(a)) = parse(&["--m=1000", "-s=/tmp/x", "-h"]) else {
             panic!("parse failed");
         };
-        assert_eq!((a.memory, a.socket, a.huge_pages), (1000, "/tmp/x".into(), true));
+        assert_eq!(
+            (a.memory, a.socket, a.huge_pages),
+            (1000, "/tmp/x".into(), true)
+        );
         let Ok(Parsed::Run(a)) = parse(&[]) else {
             panic!("parse failed");
         };
-        assert_eq!((a.memory, a.socket.to_str()), (DEFAULT_MEMORY, Some(DEFAULT_SOCKET)));
+        assert_eq!(
+            (a.memory, a.socket.to_str()),
+            (DEFAULT_MEMORY, Some(DEFAULT_SOCKET))
+        );
         assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
         assert!(matches!(parse(&["--version"]), Ok(Parsed::Version)));
         assert!(parse(&["-x"]).is_err());

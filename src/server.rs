@@ -490,7 +490,9 @@ impl Server {
                             self.subscribe(key, fd);
                         }
                     }
-                    _ => warn!("client {key}: subscribe request without a file descriptor; ignored"),
+                    _ => {
+                        warn!("client {key}: subscribe request without a file descriptor; ignored")
+                    }
                 }
                 continue;
             }
@@ -599,7 +601,10 @@ impl Server {
             s.queued_bytes += msg.len();
             s.queue.push_back(msg);
         }
-        debug!("client {key} subscribed; {} sealed objects queued", s.queue.len());
+        debug!(
+            "client {key} subscribed; {} sealed objects queued",
+            s.queue.len()
+        );
         c.subscriber = Some(s);
         self.subscribers.push(key);
     }
