@@ -28,9 +28,7 @@ step "tests/client.rs against the reference daemon ($REFERENCE)"
 PLASMA_STORE_BIN="$REFERENCE" cargo test --test client
 
 step "pyarrow 11 test_plasma.py against our daemon"
-# The external-store test waits for the memory-policy work (issue 4).
-scripts/pyarrow-suite.sh target/debug/plasma_store -W ignore::DeprecationWarning \
-  -k "not TestEvictionToExternalStore"
+scripts/pyarrow-suite.sh target/debug/plasma_store -W ignore::DeprecationWarning
 
 step "documentation walkthrough with the pyarrow 11 client"
 PLASMA_STORE_BIN=target/debug/plasma_store "$VENV/bin/python" -m pytest -q -p no:cacheprovider \

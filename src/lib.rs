@@ -5,6 +5,7 @@
 //! - [`client`]: a blocking Rust client.
 //! - [`server`]: the store daemon (one mio event loop that owns every piece of state).
 //! - [`store`]: the object table and lifecycle, independent of sockets.
+//! - [`external`]: external stores for evicted objects (`hashtable://`, the `file://` spill tier).
 //! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
 //! - [`shm`]: the shared-memory segment.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
@@ -13,6 +14,7 @@
 pub mod arena;
 pub mod client;
 pub mod digest;
+pub mod external;
 pub mod fdpass;
 pub mod protocol;
 pub mod server;

@@ -29,7 +29,10 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
   -s SOCKET    path of the Unix socket to listen on (default /tmp/plasma)
   -d DIR       create the shared memory as an unlinked file in DIR (default: anonymous memfd)
   -h           back the shared memory with huge pages
-  -e ENDPOINT  external store for evicted objects (not supported yet)
+  -e ENDPOINT  where evicted objects go instead of being deleted, restored on get:
+               file:///DIR    spill to files in DIR (see the README: the spill tier)
+               hashtable://X  keep them in the store's own memory (the original's test store)
+  --spill-limit BYTES  most bytes the file:// spill tier may write (default: no limit)
 
 Limits (the store never lets one client cost the others):
   --max-connections N            most clients at once (default 4096)
@@ -53,6 +56,7 @@ struct Args {
     max_connections: Option<usize>,
     max_queued_bytes: Option<u64>,
     max_notification_bytes: Option<u64>,
+    spill_limit: Option<u64>,
 }
 
 enum Parsed {
@@ -104,6 +108,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         max_connections: None,
         max_queued_bytes: None,
         max_notification_bytes: None,
+        spill_limit: None,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -144,6 +149,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                         .map_err(|_| format!("--max-connections: bad number {v:?}"))?,
                 );
             }
+            "spill-limit" => args.spill_limit = Some(parse_size(&value("a size")?)?),
             "max-queued-bytes" => args.max_queued_bytes = Some(parse_size(&value("a size")?)?),
             "max-notification-bytes" => {
                 args.max_notification_bytes = Some(parse_size(&value("a size")?)?)
@@ -155,11 +161,6 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     if len == 0 || len > 107 {
         return Err(format!(
             "the socket path must be 1 to 107 bytes long (got {len})"
-        ));
-    }
-    if let Some(e) = &args.external_store {
-        return Err(format!(
-            "external stores (-e {e}) are not supported by this version"
         ));
     }
     Ok(Parsed::Run(args))
@@ -188,6 +189,8 @@ fn main() -> ExitCode {
         directory: args.directory.clone(),
         huge_pages: args.huge_pages,
     };
+    store.external_store = args.external_store.clone();
+    store.spill_limit = args.spill_limit;
     let mut config = ServerConfig::new(args.socket.clone(), store);
     if let Some(n) = args.max_connections {
         config.max_connections = n;

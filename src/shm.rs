@@ -52,6 +52,9 @@ impl Segment {
             .checked_add(SEGMENT_BASE + CLIENT_MAP_TAIL)
             .and_then(|n| n.checked_next_multiple_of(page))
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment size overflows"))?;
+        if opts.huge_pages {
+            check_huge_pages(file_size)?;
+        }
         let fd = match &opts.directory {
             None => {
                 let mut flags = nix::sys::memfd::MFdFlags::MFD_CLOEXEC;
@@ -142,6 +145,33 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// Fails with a clear message when the system cannot back `bytes` with huge pages (mapping
+/// would fail with a bare ENOMEM, or the store would die of SIGBUS on first touch).
+fn check_huge_pages(bytes: u64) -> io::Result<()> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let field = |name: &str| {
+        meminfo
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let free = field("HugePages_Free:").unwrap_or(0);
+    let page_kib = field("Hugepagesize:").unwrap_or(2048);
+    let needed = bytes.div_ceil(page_kib * 1024);
+    if free < needed {
+        return Err(io::Error::new(
+            io::ErrorKind::OutOfMemory,
+            format!(
+                "huge pages requested (-h) for {bytes} bytes: that takes {needed} huge pages of \
+                 {page_kib} kB, but only {free} are free (HugePages_Free in /proc/meminfo); \
+                 reserve more with `sysctl vm.nr_hugepages=N`, or start without -h"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a directory can hold a segment (exists and is a directory).

@@ -1,13 +1,21 @@
 //! The object store proper: the object table, the lifecycle of objects, references, pending
-//! gets and their deadlines, eviction, and the memory they live in. No sockets here.
+//! gets and their deadlines, the eviction and quota policy, the external store, and the memory
+//! objects live in. No sockets here.
 //!
 //! The [`crate::server`] event loop turns each decoded request into one call of
 //! [`Store::handle`], and everything the store has to say goes out through a [`Sink`]: replies
 //! (each optionally followed by segment fds) and notifications. That keeps the store a plain,
 //! single-threaded state machine which unit tests drive directly.
 //!
-//! Semantics follow the original Plasma store (see `PROTOCOL.md` §4–§7), except where the
+//! Semantics follow the original Plasma store (see `PROTOCOL.md` §4–§9), except where the
 //! original crashed, leaked or hung: those cases get a log line and a harmless answer instead.
+//!
+//! Eviction policy, as the original's quota-aware LRU: a sealed object that no client holds is
+//! in exactly one LRU list. Objects created by a client with a quota (SetOptions) are owned by
+//! it and sit in that client's own list, from creation on, whether held or not; only that
+//! client's creates evict them (or demote them to the global list if held). All other
+//! unreferenced sealed objects are in the global list, ordered by when they last became
+//! unreferenced, and creates that do not fit evict from its old end.
 
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
@@ -16,9 +24,10 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 
 use crate::arena::Arena;
+use crate::external::ExternalStore;
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
@@ -33,6 +42,9 @@ pub const SEGMENT_ID: i32 = 1;
 
 /// The name the original gives a client that never called SetOptions.
 const ANONYMOUS: &str = "anonymous_client";
+
+/// Quotas together may leave no less than this share of the capacity to the global LRU.
+const GLOBAL_RESERVE: f64 = 0.3;
 
 /// Where the store's output goes.
 pub trait Sink {
@@ -53,6 +65,10 @@ pub struct StoreConfig {
     pub segment: SegmentOptions,
     /// Most get requests one client may have waiting at once.
     pub max_pending_gets: usize,
+    /// The `-e` endpoint: `hashtable://NAME` or `file:///DIR`.
+    pub external_store: Option<String>,
+    /// Most bytes the `file://` spill tier may write.
+    pub spill_limit: Option<u64>,
 }
 
 impl StoreConfig {
@@ -62,20 +78,27 @@ impl StoreConfig {
             capacity,
             segment: SegmentOptions::default(),
             max_pending_gets: 1024,
+            external_store: None,
+            spill_limit: None,
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
+    /// Allocated, being written by its creator.
     Created,
+    /// Immutable and visible.
     Sealed,
+    /// Sealed, but its bytes were moved to the external store; restored on get.
+    Evicted,
 }
 
 /// One entry of the object table.
 #[derive(Debug)]
 struct Object {
     state: State,
+    /// Where the bytes are in the segment (meaningless while evicted).
     offset: u64,
     data_size: u64,
     metadata_size: u64,
@@ -86,15 +109,20 @@ struct Object {
     digest: Option<Digest>,
     /// Number of clients holding a reference (each at most one).
     ref_count: u32,
-    /// The creating client, while the object is unsealed.
-    creator: Option<ClientId>,
-    /// Position in the LRU while the object is evictable (sealed, unreferenced).
+    /// The quota client whose list this object is in, if any.
+    owner: Option<ClientId>,
+    /// Position in its LRU list (the owner's, or the global one).
     lru_seq: Option<u64>,
 }
 
 impl Object {
     fn size(&self) -> u64 {
         self.data_size + self.metadata_size
+    }
+
+    /// Held by a client, or still being written: never evicted.
+    fn pinned(&self) -> bool {
+        self.ref_count > 0 || self.state == State::Created
     }
 
     fn spec(&self) -> ObjectSpec {
@@ -110,16 +138,31 @@ impl Object {
 
     fn info(&self, object_id: ObjectId) -> ObjectInfo {
         ObjectInfo {
-            object_id,
-            data_size: i64::try_from(self.data_size).unwrap_or(i64::MAX),
-            metadata_size: i64::try_from(self.metadata_size).unwrap_or(i64::MAX),
             ref_count: i32::try_from(self.ref_count).unwrap_or(i32::MAX),
             create_time: self.create_time,
             construct_duration: self.construct_duration,
-            digest: self.digest,
-            is_deletion: false,
+            ..seal_info(object_id, self)
         }
     }
+}
+
+/// One LRU list: ids by the time they entered, oldest first.
+#[derive(Debug, Default)]
+struct Lru {
+    order: BTreeMap<u64, ObjectId>,
+    /// Sum of the sizes of the objects in the list.
+    bytes: u64,
+    /// Objects chosen for eviction from this list so far.
+    evictions: u64,
+    /// Their bytes.
+    bytes_evicted: u64,
+}
+
+/// A client's quota and its own LRU list.
+#[derive(Debug)]
+struct Quota {
+    limit: u64,
+    lru: Lru,
 }
 
 /// What the store keeps per client.
@@ -133,8 +176,8 @@ struct ClientState {
     segment_sent: bool,
     /// Name from SetOptions.
     name: Option<String>,
-    /// Quota from SetOptions (bookkeeping for the debug report).
-    quota: Option<u64>,
+    /// Quota from SetOptions.
+    quota: Option<Quota>,
 }
 
 /// A get request that is waiting for objects to be sealed.
@@ -151,9 +194,9 @@ struct PendingGet {
 /// Counters of the store, for the debug report and for tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Stats {
-    /// Objects in the table.
+    /// Objects in the table (any state).
     pub objects: usize,
-    /// Bytes (data + metadata) of live objects.
+    /// Bytes (data + metadata) of objects in memory.
     pub allocated: u64,
     /// Sum over objects of the number of clients referencing them.
     pub references: u64,
@@ -161,10 +204,8 @@ pub struct Stats {
     pub pending_gets: usize,
     /// Connected clients.
     pub clients: usize,
-    /// Objects evicted since start.
-    pub evictions: u64,
-    /// Bytes evicted since start.
-    pub bytes_evicted: u64,
+    /// Objects whose bytes are in the external store.
+    pub evicted_to_external: usize,
 }
 
 /// The object store.
@@ -173,7 +214,7 @@ pub struct Store {
     max_pending_gets: usize,
     segment: Segment,
     arena: Arena,
-    /// Sum of data + metadata sizes of live objects (what `capacity` bounds).
+    /// Sum of data + metadata sizes of objects in memory (what `capacity` bounds).
     allocated: u64,
     objects: HashMap<ObjectId, Object>,
     clients: HashMap<ClientId, ClientState>,
@@ -183,13 +224,13 @@ pub struct Store {
     waiters: HashMap<ObjectId, Vec<u64>>,
     /// Deadlines of gets with a timeout; entries of gets already answered are skipped.
     deadlines: BinaryHeap<Reverse<(Instant, u64)>>,
-    /// Evictable objects, oldest (least recently released) first.
-    lru: BTreeMap<u64, ObjectId>,
+    /// The global LRU list.
+    lru: Lru,
+    /// Source of LRU positions (shared by all lists).
     next_lru: u64,
     /// Ids whose deletion waits for their last reference to go.
     deferred_deletes: HashSet<ObjectId>,
-    evictions: u64,
-    bytes_evicted: u64,
+    external: Option<ExternalStore>,
 }
 
 fn unix_now() -> i64 {
@@ -208,7 +249,7 @@ fn segment_len(capacity: u64) -> u64 {
 }
 
 impl Store {
-    /// Creates the store and its shared-memory segment.
+    /// Creates the store, its shared-memory segment and its external store.
     pub fn new(config: &StoreConfig) -> io::Result<Store> {
         if config.capacity == 0 {
             return Err(io::Error::new(
@@ -216,8 +257,14 @@ impl Store {
                 "the capacity must be at least 1 byte",
             ));
         }
+        let external = config
+            .external_store
+            .as_deref()
+            .map(|e| ExternalStore::open(e, config.spill_limit))
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let segment = Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
-        let arena = Arena::new(SEGMENT_BASE, segment.usable_len() & !63);
+        let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
         Ok(Store {
             capacity: config.capacity,
             max_pending_gets: config.max_pending_gets,
@@ -230,11 +277,10 @@ impl Store {
             next_get: 0,
             waiters: HashMap::new(),
             deadlines: BinaryHeap::new(),
-            lru: BTreeMap::new(),
+            lru: Lru::default(),
             next_lru: 0,
             deferred_deletes: HashSet::new(),
-            evictions: 0,
-            bytes_evicted: 0,
+            external,
         })
     }
 
@@ -261,8 +307,11 @@ impl Store {
             references: self.objects.values().map(|o| u64::from(o.ref_count)).sum(),
             pending_gets: self.gets.len(),
             clients: self.clients.len(),
-            evictions: self.evictions,
-            bytes_evicted: self.bytes_evicted,
+            evicted_to_external: self
+                .objects
+                .values()
+                .filter(|o| o.state == State::Evicted)
+                .count(),
         }
     }
 
@@ -320,8 +369,7 @@ impl Store {
                 client,
                 object_id,
                 evict_if_full,
-                data_size,
-                metadata_size,
+                (data_size, metadata_size),
                 device_num,
                 out,
             ),
@@ -369,7 +417,7 @@ impl Store {
                 let has_object = self
                     .objects
                     .get(&object_id)
-                    .is_some_and(|o| o.state == State::Sealed);
+                    .is_some_and(|o| o.state != State::Created);
                 out.reply(
                     client,
                     &Reply::Contains {
@@ -383,15 +431,13 @@ impl Store {
                 out.reply(client, &Reply::List { objects });
             }
             Request::Evict { num_bytes } => {
-                let num_bytes = self.evict(num_bytes, out);
+                let victims = choose_victims(&mut self.lru, &mut self.objects, num_bytes);
+                let num_bytes = self.evict_objects(&victims, out);
                 out.reply(client, &Reply::Evict { num_bytes });
             }
             Request::RefreshLru { object_ids } => {
                 for id in object_ids {
-                    if let Some(o) = self.objects.get_mut(&id)
-                        && let Some(seq) = o.lru_seq.take()
-                    {
-                        self.lru.remove(&seq);
+                    if self.lru_remove(id) {
                         self.lru_insert(id);
                     }
                 }
@@ -416,12 +462,25 @@ impl Store {
         }
     }
 
-    /// Cleans up after a client that went away, however it went: its unsealed objects are
-    /// aborted, its waiting gets dropped and its references released.
+    /// Cleans up after a client that went away, however it went: its quota's objects join
+    /// the global list, its unsealed objects are aborted, its waiting gets dropped and its
+    /// references released.
     pub fn disconnect(&mut self, client: ClientId, out: &mut impl Sink) {
         let Some(state) = self.clients.remove(&client) else {
             return;
         };
+        if let Some(quota) = state.quota {
+            // As the original: newest first, each to the young end of the global list.
+            for id in quota.lru.order.values().rev() {
+                if let Some(o) = self.objects.get_mut(id) {
+                    o.owner = None;
+                    o.lru_seq = None;
+                    if !o.pinned() && o.state == State::Sealed {
+                        self.lru_insert(*id);
+                    }
+                }
+            }
+        }
         for get in state.gets {
             self.drop_get(get);
         }
@@ -439,14 +498,12 @@ impl Store {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn create(
         &mut self,
         client: ClientId,
         object_id: ObjectId,
         evict_if_full: bool,
-        data_size: u64,
-        metadata_size: u64,
+        (data_size, metadata_size): (u64, u64),
         device_num: i32,
         out: &mut impl Sink,
     ) {
@@ -464,14 +521,15 @@ impl Store {
             out.reply(client, &fail(PlasmaError::OutOfMemory));
             return;
         }
-        if let Err(error) = self.create_object(
+        let created = self.create_object(
             client,
             object_id,
             evict_if_full,
             data_size,
             metadata_size,
             out,
-        ) {
+        );
+        if let Err(error) = created {
             out.reply(client, &fail(error));
             return;
         }
@@ -526,6 +584,7 @@ impl Store {
             );
             return Err(PlasmaError::OutOfMemory);
         };
+        self.enforce_quota(client, size, evict_if_full, out)?;
         let Some(offset) = self.allocate(size, evict_if_full, out) else {
             warn!(
                 "not enough memory to create the object {object_id}, data_size={data_size}, \
@@ -533,6 +592,11 @@ impl Store {
             );
             return Err(PlasmaError::OutOfMemory);
         };
+        let owner = self
+            .clients
+            .get(&client)
+            .and_then(|c| c.quota.as_ref())
+            .map(|_| client);
         self.objects.insert(
             object_id,
             Object {
@@ -544,10 +608,59 @@ impl Store {
                 construct_duration: -1,
                 digest: None,
                 ref_count: 0,
-                creator: Some(client),
+                owner,
                 lru_seq: None,
             },
         );
+        if owner.is_some() {
+            // A quota client's objects count against its quota from creation on.
+            self.lru_insert(object_id);
+        }
+        Ok(())
+    }
+
+    /// Makes room for `size` bytes in a quota client's quota, evicting its own unheld objects
+    /// and demoting its held ones to the global list, oldest first.
+    fn enforce_quota(
+        &mut self,
+        client: ClientId,
+        size: u64,
+        evict_if_full: bool,
+        out: &mut impl Sink,
+    ) -> Result<(), PlasmaError> {
+        let Some(quota) = self.clients.get_mut(&client).and_then(|c| c.quota.as_mut()) else {
+            return Ok(());
+        };
+        if size > quota.limit {
+            warn!(
+                "client {client}: object too large ({size} bytes) to fit in its quota of {} bytes",
+                quota.limit
+            );
+            return Err(PlasmaError::OutOfMemory);
+        }
+        let remaining = quota.limit.saturating_sub(quota.lru.bytes);
+        if remaining >= size {
+            return Ok(());
+        }
+        if !evict_if_full {
+            warn!("client {client}: its quota is full and the create may not evict");
+            return Err(PlasmaError::OutOfMemory);
+        }
+        let victims = choose_victims(&mut quota.lru, &mut self.objects, size - remaining);
+        let mut evict = Vec::new();
+        for (id, size) in victims {
+            let Some(o) = self.objects.get_mut(&id) else {
+                continue;
+            };
+            o.owner = None;
+            if o.pinned() {
+                // Demoted: it joins the global list when its last holder lets go.
+                debug!("client {client}: quota full, demoting held object {id}");
+            } else {
+                evict.push((id, size));
+            }
+        }
+        self.evict_objects(&evict, out);
         Ok(())
     }
 
@@ -556,64 +669,117 @@ impl Store {
         if size > self.capacity {
             return None;
         }
-        loop {
+        let mut kept = Vec::new();
+        let found = loop {
             if self.allocated + size <= self.capacity
                 && let Some(offset) = self.arena.alloc(size)
             {
                 self.allocated += size;
-                return Some(offset);
+                break Some(offset);
             }
             if !evict_if_full {
-                return None;
+                break None;
             }
             // As the original: free what is missing, but at least a fifth of the capacity, so
             // that a run of creates does not evict one object at a time.
             let required = (self.allocated + size).saturating_sub(self.capacity);
             let target = required.max(self.capacity / 5);
-            let victims = self.choose_victims(target);
-            let freed: u64 = victims.iter().map(|(_, s)| s).sum();
+            let victims = choose_victims(&mut self.lru, &mut self.objects, target);
             info!(
                 "there is not enough space to create this object, so evicting {} objects to free \
-                 up {freed} bytes; {} bytes are in use",
+                 up {} bytes; {} bytes are in use",
                 victims.len(),
+                victims.iter().map(|v| v.1).sum::<u64>(),
                 self.allocated
             );
-            for (id, _) in &victims {
-                self.delete_now(*id, out);
-            }
+            let freed = self.evict_objects(&victims, out);
+            kept.extend(
+                victims
+                    .iter()
+                    .filter(|(id, _)| {
+                        self.objects
+                            .get(id)
+                            .is_some_and(|o| o.state == State::Sealed)
+                    })
+                    .map(|(id, _)| *id),
+            );
             if freed < required || freed == 0 {
-                return None;
+                break None;
             }
+        };
+        // Objects the external store could not take stay in memory, evictable again later.
+        for id in kept {
+            self.lru_insert(id);
         }
+        found
     }
 
-    /// Takes objects from the old end of the LRU until their sizes reach `target`.
-    fn choose_victims(&mut self, target: u64) -> Vec<(ObjectId, u64)> {
-        let mut victims = Vec::new();
-        let mut sum = 0;
-        while sum < target {
-            let Some((_, id)) = self.lru.pop_first() else {
-                break;
-            };
-            if let Some(o) = self.objects.get_mut(&id) {
-                o.lru_seq = None;
-                sum += o.size();
-                victims.push((id, o.size()));
-            }
-        }
-        self.evictions += victims.len() as u64;
-        self.bytes_evicted += sum;
-        victims
-    }
-
-    fn evict(&mut self, num_bytes: u64, out: &mut impl Sink) -> u64 {
-        let victims = self.choose_victims(num_bytes);
+    /// Evicts objects already taken out of their LRU list: to the external store if there is
+    /// one (those it refuses stay in memory), else deleted. Returns the bytes freed.
+    fn evict_objects(&mut self, victims: &[(ObjectId, u64)], out: &mut impl Sink) -> u64 {
         let mut freed = 0;
-        for (id, size) in victims {
+        for &(id, size) in victims {
+            if self.external.is_none() {
+                self.delete_now(id, out);
+                freed += size;
+                continue;
+            }
+            let Some(o) = self.objects.get(&id) else {
+                continue;
+            };
+            let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
+            let copied = self.segment.read(o.offset, &mut bytes);
+            let stored = copied.and_then(|()| match self.external.as_mut() {
+                Some(e) => e.put(id, &bytes),
+                None => Ok(()),
+            });
+            if let Err(e) = stored {
+                error!("cannot evict {id} to the external store, keeping it in memory: {e}");
+                continue;
+            }
+            let offset = o.offset;
+            if let Err(e) = self.arena.free(offset) {
+                warn!("freeing {id} at {offset}: {e}");
+            }
+            self.allocated = self.allocated.saturating_sub(size);
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.state = State::Evicted;
+            }
             freed += size;
-            self.delete_now(id, out);
         }
         freed
+    }
+
+    /// Brings an evicted object back into memory. On failure the object is treated as
+    /// missing: if its bytes are lost it is removed for good.
+    fn restore(&mut self, id: ObjectId, out: &mut impl Sink) -> bool {
+        let Some(size) = self.objects.get(&id).map(Object::size) else {
+            return false;
+        };
+        let Some(offset) = self.allocate(size, true, out) else {
+            warn!("no memory to restore {id} from the external store");
+            return false;
+        };
+        let bytes = match self.external.as_mut().map(|e| e.take(id, size)) {
+            Some(Ok(b)) => b,
+            Some(Err(e)) => {
+                error!("the external store lost {id}: {e}; the object is gone");
+                self.arena.free(offset).ok();
+                self.allocated -= size;
+                self.remove_object(id);
+                out.notify(&[deletion_info(id)]);
+                return false;
+            }
+            None => return false,
+        };
+        if let Err(e) = self.segment.write(offset, &bytes) {
+            warn!("restoring {id}: {e}");
+        }
+        if let Some(o) = self.objects.get_mut(&id) {
+            o.state = State::Sealed;
+            o.offset = offset;
+        }
+        true
     }
 
     fn create_and_seal(
@@ -655,7 +821,6 @@ impl Store {
             o.state = State::Sealed;
             o.digest = Some(b.digest);
             o.construct_duration = 0;
-            o.creator = None;
             infos.push(seal_info(b.object_id, o));
         }
         out.notify(&infos);
@@ -709,7 +874,6 @@ impl Store {
         o.state = State::Sealed;
         o.digest = Some(digest);
         o.construct_duration = unix_now().saturating_sub(o.create_time);
-        o.creator = None;
         let info = seal_info(object_id, o);
         out.notify(&[info]);
         self.wake_waiters(object_id, out);
@@ -727,8 +891,12 @@ impl Store {
         let mut specs = Vec::with_capacity(object_ids.len());
         let mut missing: Vec<ObjectId> = Vec::new();
         for id in &object_ids {
-            match self.objects.get(id) {
-                Some(o) if o.state == State::Sealed => {
+            let mut state = self.objects.get(id).map(|o| o.state);
+            if state == Some(State::Evicted) && self.restore(*id, out) {
+                state = Some(State::Sealed);
+            }
+            match (state, self.objects.get(id)) {
+                (Some(State::Sealed), Some(o)) => {
                     specs.push(Some(o.spec()));
                     self.add_ref(client, *id);
                 }
@@ -741,7 +909,7 @@ impl Store {
             }
         }
         let pending = self.clients.get(&client).map_or(0, |c| c.gets.len());
-        if missing.is_empty() || timeout_ms == 0 || (timeout_ms < -1) {
+        if missing.is_empty() || timeout_ms == 0 || timeout_ms < -1 {
             self.reply_get(client, object_ids, specs, out);
             return;
         }
@@ -860,11 +1028,12 @@ impl Store {
         if !c.refs.insert(object_id) {
             return;
         }
-        if let Some(o) = self.objects.get_mut(&object_id) {
-            o.ref_count += 1;
-            if let Some(seq) = o.lru_seq.take() {
-                self.lru.remove(&seq);
-            }
+        let Some(o) = self.objects.get_mut(&object_id) else {
+            return;
+        };
+        o.ref_count += 1;
+        if o.ref_count == 1 && o.owner.is_none() {
+            self.lru_remove(object_id);
         }
     }
 
@@ -893,29 +1062,63 @@ impl Store {
     }
 
     /// A sealed object lost its last reference: delete it if a delete was deferred, else make
-    /// it evictable.
+    /// it evictable (an owned object stays in its owner's list).
     fn unreferenced(&mut self, object_id: ObjectId, out: &mut impl Sink) {
         if self.deferred_deletes.contains(&object_id) {
             self.delete_now(object_id, out);
-        } else {
+        } else if self
+            .objects
+            .get(&object_id)
+            .is_some_and(|o| o.owner.is_none())
+        {
             self.lru_insert(object_id);
         }
     }
 
+    /// Puts an object at the young end of its list (its owner's or the global one).
     fn lru_insert(&mut self, object_id: ObjectId) {
-        if let Some(o) = self.objects.get_mut(&object_id) {
-            let seq = self.next_lru;
-            self.next_lru += 1;
-            o.lru_seq = Some(seq);
-            self.lru.insert(seq, object_id);
-        }
+        let Some(o) = self.objects.get_mut(&object_id) else {
+            return;
+        };
+        let lru = match o.owner {
+            Some(c) => match self.clients.get_mut(&c).and_then(|c| c.quota.as_mut()) {
+                Some(q) => &mut q.lru,
+                None => return,
+            },
+            None => &mut self.lru,
+        };
+        let seq = self.next_lru;
+        self.next_lru += 1;
+        o.lru_seq = Some(seq);
+        lru.order.insert(seq, object_id);
+        lru.bytes += o.size();
+    }
+
+    /// Takes an object out of its list. Returns whether it was in one.
+    fn lru_remove(&mut self, object_id: ObjectId) -> bool {
+        let Some(o) = self.objects.get_mut(&object_id) else {
+            return false;
+        };
+        let Some(seq) = o.lru_seq.take() else {
+            return false;
+        };
+        let lru = match o.owner {
+            Some(c) => match self.clients.get_mut(&c).and_then(|c| c.quota.as_mut()) {
+                Some(q) => &mut q.lru,
+                None => return true,
+            },
+            None => &mut self.lru,
+        };
+        lru.order.remove(&seq);
+        lru.bytes = lru.bytes.saturating_sub(o.size());
+        true
     }
 
     fn delete(&mut self, object_id: ObjectId, out: &mut impl Sink) -> PlasmaError {
         let Some(o) = self.objects.get(&object_id) else {
             return PlasmaError::ObjectNotFound;
         };
-        if o.state != State::Sealed {
+        if o.state == State::Created {
             self.deferred_deletes.insert(object_id);
             return PlasmaError::ObjectNotSealed;
         }
@@ -927,26 +1130,27 @@ impl Store {
         PlasmaError::Ok
     }
 
-    /// Removes a sealed, unreferenced object and tells the subscribers.
+    /// Removes a sealed (or evicted), unreferenced object and tells the subscribers.
     fn delete_now(&mut self, object_id: ObjectId, out: &mut impl Sink) {
         if self.remove_object(object_id) {
-            out.notify(&[ObjectInfo {
-                object_id,
-                is_deletion: true,
-                ..ObjectInfo::default()
-            }]);
+            out.notify(&[deletion_info(object_id)]);
         }
     }
 
-    /// Frees an object's memory and erases every trace of it. Returns whether it existed.
+    /// Frees an object's memory (or its external copy) and erases every trace of it. Returns
+    /// whether it existed.
     fn remove_object(&mut self, object_id: ObjectId) -> bool {
+        self.lru_remove(object_id);
         let Some(o) = self.objects.remove(&object_id) else {
             return false;
         };
-        if let Some(seq) = o.lru_seq {
-            self.lru.remove(&seq);
-        }
         self.deferred_deletes.remove(&object_id);
+        if o.state == State::Evicted {
+            if let Some(e) = self.external.as_mut() {
+                e.remove(object_id);
+            }
+            return true;
+        }
         if let Err(e) = self.arena.free(o.offset) {
             warn!("freeing {object_id} at {}: {e}", o.offset);
         }
@@ -968,76 +1172,100 @@ impl Store {
             warn!("client {client}: negative quota {quota}");
             return PlasmaError::OutOfMemory;
         };
-        // Quotas together may take at most 70 % of the capacity.
-        let floor = self.capacity as f64 * 0.3;
-        if (global as f64 - quota as f64) < floor {
+        if (global as f64 - quota as f64) < self.capacity as f64 * GLOBAL_RESERVE {
             warn!("client {client}: not enough memory to set a quota of {quota} bytes");
             return PlasmaError::OutOfMemory;
         }
-        c.quota = Some(quota);
+        c.quota = Some(Quota {
+            limit: quota,
+            lru: Lru::default(),
+        });
         info!(
-            "adjusting global lru capacity from {global} to {}",
-            global - quota
+            "adjusting global lru capacity from {global} to {} (max {})",
+            global - quota,
+            self.capacity
         );
         PlasmaError::Ok
     }
 
     /// The capacity left to the global LRU after the quotas.
     fn global_capacity(&self) -> u64 {
-        let quotas: u64 = self.clients.values().filter_map(|c| c.quota).sum();
+        let quotas: u64 = self
+            .clients
+            .values()
+            .filter_map(|c| c.quota.as_ref().map(|q| q.limit))
+            .sum();
         self.capacity.saturating_sub(quotas)
     }
 
+    /// The eviction policy's report, line for line the original's.
     fn debug_string(&self) -> String {
-        let quota_clients: Vec<&ClientState> = self
+        let quota_clients: Vec<(&ClientState, &Quota)> = self
             .clients
             .values()
-            .filter(|c| c.quota.is_some())
+            .filter_map(|c| c.quota.as_ref().map(|q| (c, q)))
             .collect();
+        let owned: usize = quota_clients.iter().map(|(_, q)| q.lru.order.len()).sum();
+        let owned_pinned = quota_clients
+            .iter()
+            .flat_map(|(_, q)| q.lru.order.values())
+            .filter(|id| self.objects.get(id).is_some_and(|o| o.ref_count > 0))
+            .count();
         let pinned: u64 = self
             .objects
             .values()
             .filter(|o| o.ref_count > 0)
             .map(Object::size)
             .sum();
-        let lru_bytes: u64 = self
-            .lru
-            .values()
-            .filter_map(|id| self.objects.get(id))
-            .map(Object::size)
-            .sum();
-        let global = self.global_capacity();
         let mut s = format!(
-            "num clients with quota: {}\nquota map size: 0\npinned quota map size: 0\n\
-             allocated bytes: {}\nallocation limit: {}\npinned bytes: {pinned}\n",
+            "num clients with quota: {}\nquota map size: {owned}\npinned quota map size: \
+             {owned_pinned}\nallocated bytes: {}\nallocation limit: {}\npinned bytes: {pinned}\n",
             quota_clients.len(),
             self.allocated,
             self.capacity
         );
         s += &lru_report(
             "global lru",
-            global,
-            lru_bytes,
+            self.global_capacity(),
             self.capacity,
-            self.lru.len(),
-            self.evictions,
-            self.bytes_evicted,
+            &self.lru,
         );
-        for c in quota_clients {
-            let quota = c.quota.unwrap_or(0);
+        for (c, q) in quota_clients {
             s.push('\n');
             s += &lru_report(
                 c.name.as_deref().unwrap_or(ANONYMOUS),
-                quota,
-                0,
-                quota,
-                0,
-                0,
-                0,
+                q.limit,
+                q.limit,
+                &q.lru,
             );
         }
         s
     }
+}
+
+/// Takes objects from the old end of `lru` until their sizes reach `target`, and counts them
+/// as that list's evictions.
+fn choose_victims(
+    lru: &mut Lru,
+    objects: &mut HashMap<ObjectId, Object>,
+    target: u64,
+) -> Vec<(ObjectId, u64)> {
+    let mut victims = Vec::new();
+    let mut sum = 0;
+    while sum < target {
+        let Some((_, id)) = lru.order.pop_first() else {
+            break;
+        };
+        if let Some(o) = objects.get_mut(&id) {
+            o.lru_seq = None;
+            lru.bytes = lru.bytes.saturating_sub(o.size());
+            sum += o.size();
+            victims.push((id, o.size()));
+        }
+    }
+    lru.evictions += victims.len() as u64;
+    lru.bytes_evicted += sum;
+    victims
 }
 
 fn seal_info(object_id: ObjectId, o: &Object) -> ObjectInfo {
@@ -1050,25 +1278,28 @@ fn seal_info(object_id: ObjectId, o: &Object) -> ObjectInfo {
     }
 }
 
-/// The five lines the original prints per LRU cache.
-fn lru_report(
-    name: &str,
-    capacity: u64,
-    used: u64,
-    original: u64,
-    objects: usize,
-    evictions: u64,
-    bytes_evicted: u64,
-) -> String {
+fn deletion_info(object_id: ObjectId) -> ObjectInfo {
+    ObjectInfo {
+        object_id,
+        is_deletion: true,
+        ..ObjectInfo::default()
+    }
+}
+
+/// The five lines the original prints per LRU list.
+fn lru_report(name: &str, capacity: u64, original: u64, lru: &Lru) -> String {
     let pct = if original == 0 {
         0.0
     } else {
-        100.0 * (1.0 - (capacity as f64 - used as f64) / original as f64)
+        100.0 * (1.0 - (capacity as f64 - lru.bytes as f64) / original as f64)
     };
     format!(
-        "({name}) capacity: {capacity}\n({name}) used: {}%\n({name}) num objects: {objects}\n\
-         ({name}) num evictions: {evictions}\n({name}) bytes evicted: {bytes_evicted}",
-        format_g(pct)
+        "({name}) capacity: {capacity}\n({name}) used: {}%\n({name}) num objects: {}\n\
+         ({name}) num evictions: {}\n({name}) bytes evicted: {}",
+        format_g(pct),
+        lru.order.len(),
+        lru.evictions,
+        lru.bytes_evicted
     )
 }
 
