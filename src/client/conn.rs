@@ -6,9 +6,12 @@
 //! carry segment fds come right after Create and Get replies, and a plain `read` that
 //! swallowed one would drop its fd.
 
-use std::io::{self, Read, Write};
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+
+use nix::errno::Errno;
+use nix::sys::socket::{MsgFlags, send};
 
 use super::Error;
 use crate::fdpass;
@@ -55,6 +58,20 @@ pub fn reply_type(req: &Request) -> Option<MessageType> {
     })
 }
 
+/// Writes all of `buf` with `MSG_NOSIGNAL`: a store that went away is an `EPIPE` error, not
+/// a `SIGPIPE` that kills a host process which did not ignore it.
+fn write_all(sock: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        match send(sock.as_raw_fd(), buf, MsgFlags::MSG_NOSIGNAL) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => buf = buf.get(n..).unwrap_or_default(),
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 fn closed_by_store() -> Error {
     Error::Disconnected {
         reason: "the store closed the connection".to_string(),
@@ -82,7 +99,7 @@ impl Conn {
     pub fn send(&mut self, req: &Request) -> Result<(), Error> {
         self.out.clear();
         self.enc.request(req, &mut self.out);
-        let r = self.sock.write_all(&self.out);
+        let r = write_all(&self.sock, &self.out);
         if self.out.capacity() > READ_CHUNK {
             self.out = Vec::new();
         }
