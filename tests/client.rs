@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::io::Read;
+use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use common::{Store, eventually, info, next_notification, oid, pattern, pyarrow_python};
@@ -627,6 +629,9 @@ fn create_and_seal_batch_is_all_or_nothing_with_correct_digests() {
     let c = store.client();
     let watcher = store.client();
     let mut sub = watcher.subscribe().unwrap();
+    // A second subscriber read raw, to see the message boundaries.
+    let raw_watcher = store.client();
+    let raw_sub = raw_watcher.subscribe().unwrap();
     let batch: Vec<(_, Vec<u8>, Vec<u8>)> = (1..=3)
         .map(|n| {
             (
@@ -659,6 +664,16 @@ fn create_and_seal_batch_is_all_or_nothing_with_correct_digests() {
     }
     let got = c.get(&[oid(2)], 0).unwrap();
     assert_eq!(got[0].as_ref().unwrap().metadata(), &[2, 2]);
+
+    // The store sends the batch as one notification holding all three infos.
+    let mut raw = std::fs::File::from(raw_sub.as_fd().try_clone_to_owned().unwrap());
+    let mut len = [0u8; 8];
+    raw.read_exact(&mut len).unwrap();
+    let mut body = vec![0u8; u64::from_ne_bytes(len) as usize];
+    raw.read_exact(&mut body).unwrap();
+    let infos = plasma_store::protocol::decode_notification(&body).unwrap();
+    let ids: Vec<_> = infos.iter().map(|i| i.object_id).collect();
+    assert_eq!(ids, vec![oid(1), oid(2), oid(3)]);
 
     let e = c
         .create_and_seal_batch(&[(oid(10), b"new", b""), (oid(1), b"dup", b"")])

@@ -27,12 +27,14 @@
 //!
 //! A [`Client`] is one connection. It is `Send + Sync` and cheap to clone (clones share the
 //! connection); every call takes the connection's lock for one request/reply exchange, like
-//! libplasma's mutex, so a `get` that waits blocks the other users of the same client. Use
-//! one client per thread for concurrent waits.
+//! libplasma's mutex, so a `get` that waits blocks the other users of the same client
+//! (dropping one of its buffers included). Use one client per thread for concurrent waits.
 //!
 //! Objects live in segments of shared memory that the store passes as file descriptors. The
 //! client maps each segment once (`mmap_size - 8` bytes, shared, read/write), closes the fd,
-//! and keeps the mapping while the client or any buffer into it lives.
+//! and keeps the mapping while the client or any buffer into it lives. The bytes are shared
+//! with other processes: like every Plasma client, this one relies on the store's contract
+//! that an object is written only by its creator before it is sealed, and never after.
 //!
 //! References follow libplasma: the store keeps at most one reference per client per
 //! object, and the client counts locally. Every [`ObjectBuffer`] and [`MutableBuffer`] holds
