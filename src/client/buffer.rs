@@ -1,0 +1,210 @@
+//! Buffers over objects in shared memory. Each holds one local reference to its object and
+//! gives it back when dropped (libplasma's `Release`): the store hears about it when the
+//! client's last reference to the object goes.
+
+use std::fmt;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use super::memory::{MutRegion, Region};
+use super::state::split;
+use super::{Error, Shared};
+use crate::protocol::ObjectId;
+
+/// One local reference to an object, released on drop.
+struct Lease {
+    shared: Arc<Shared>,
+    id: ObjectId,
+    /// This lease belongs to the creator's writable buffer.
+    writer: bool,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut inner = self.shared.lock();
+        if self.writer {
+            inner.clear_writer(self.id);
+        }
+        inner.release(self.id);
+    }
+}
+
+/// The writable data of an object this client created and has not sealed yet.
+///
+/// Derefs to the data bytes (`&mut [u8]`). The metadata given to
+/// [`Client::create`](super::Client::create) is already in place after the data.
+/// Finish with [`MutableBuffer::seal`] (or drop the buffer, then
+/// [`Client::seal`](super::Client::seal)), or give the object up with
+/// [`MutableBuffer::abort`].
+///
+/// Dropping the buffer gives back its reference, but the object stays unsealed and held by
+/// this client until it is sealed or aborted (or the client disconnects, which aborts it).
+pub struct MutableBuffer {
+    lease: Lease,
+    region: MutRegion,
+    data_len: usize,
+}
+
+impl MutableBuffer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        id: ObjectId,
+        region: MutRegion,
+        data_len: usize,
+    ) -> MutableBuffer {
+        MutableBuffer {
+            lease: Lease {
+                shared,
+                id,
+                writer: true,
+            },
+            region,
+            data_len,
+        }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.lease.id
+    }
+
+    /// The data bytes.
+    pub fn data(&self) -> &[u8] {
+        let bytes = self.region.bytes();
+        bytes.get(..self.data_len).unwrap_or(bytes)
+    }
+
+    /// The data bytes, writable.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        let bytes = self.region.bytes_mut();
+        let n = self.data_len.min(bytes.len());
+        &mut bytes[..n]
+    }
+
+    /// The metadata bytes (written by create).
+    pub fn metadata(&self) -> &[u8] {
+        self.region.bytes().get(self.data_len..).unwrap_or_default()
+    }
+
+    /// Seals the object (sending its digest) and returns a read-only buffer that keeps this
+    /// client's reference to it; drop that buffer to release it.
+    pub fn seal(mut self) -> Result<ObjectBuffer, Error> {
+        let id = self.lease.id;
+        {
+            let mut inner = self.lease.shared.lock();
+            inner.clear_writer(id);
+            self.lease.writer = false;
+            inner.seal(id)?;
+        }
+        let MutableBuffer {
+            lease,
+            region,
+            data_len,
+        } = self;
+        Ok(ObjectBuffer {
+            lease,
+            region: region.into_shared(),
+            data_len,
+        })
+    }
+
+    /// Drops the buffer and aborts the object: the store frees it, and the id can be created
+    /// again.
+    pub fn abort(self) -> Result<(), Error> {
+        let shared = Arc::clone(&self.lease.shared);
+        let id = self.lease.id;
+        drop(self);
+        shared.lock().abort(id)
+    }
+}
+
+impl Deref for MutableBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
+impl DerefMut for MutableBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.data_mut()
+    }
+}
+
+impl fmt::Debug for MutableBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MutableBuffer")
+            .field("id", &self.lease.id)
+            .field("data_size", &self.data_len)
+            .field("metadata_size", &self.metadata().len())
+            .finish()
+    }
+}
+
+/// A sealed object, read-only. Derefs to the data bytes.
+///
+/// Holds one reference to the object (so the store will not evict or delete it), and
+/// releases it when dropped. It also keeps the segment mapped, so it stays readable even
+/// after its client disconnects.
+pub struct ObjectBuffer {
+    lease: Lease,
+    region: Region,
+    data_len: usize,
+}
+
+impl ObjectBuffer {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        id: ObjectId,
+        region: Region,
+        data_len: usize,
+    ) -> ObjectBuffer {
+        ObjectBuffer {
+            lease: Lease {
+                shared,
+                id,
+                writer: false,
+            },
+            region,
+            data_len,
+        }
+    }
+
+    /// The object's id.
+    pub fn id(&self) -> ObjectId {
+        self.lease.id
+    }
+
+    /// The data bytes.
+    pub fn data(&self) -> &[u8] {
+        split(&self.region, self.data_len).0
+    }
+
+    /// The metadata bytes.
+    pub fn metadata(&self) -> &[u8] {
+        split(&self.region, self.data_len).1
+    }
+}
+
+impl Deref for ObjectBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
+impl AsRef<[u8]> for ObjectBuffer {
+    fn as_ref(&self) -> &[u8] {
+        self.data()
+    }
+}
+
+impl fmt::Debug for ObjectBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectBuffer")
+            .field("id", &self.lease.id)
+            .field("data_size", &self.data_len)
+            .field("metadata_size", &self.metadata().len())
+            .finish()
+    }
+}

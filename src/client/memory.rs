@@ -1,0 +1,203 @@
+//! Mapped segments and the byte ranges of objects inside them. This is the only module of the
+//! client with `unsafe` code: it forms Rust slices over shared memory.
+//!
+//! A [`Segment`] is one store segment mapped read/write and `MAP_SHARED`, exactly
+//! `mmap_size - 8` bytes from offset 0, as libplasma maps it. A [`Region`] is a bounds-checked
+//! byte range of a segment that keeps the mapping alive through an `Arc`, so a slice handed
+//! out by a buffer can never outlive its mapping.
+//!
+//! Shared memory is also written by other processes, so Rust's aliasing rules hold only by the
+//! Plasma contract, which this module relies on:
+//! - an object is written only by its creator, and only before it is sealed;
+//! - a sealed object is never written again by anyone;
+//! - inside this process the client hands out one [`MutRegion`] per created object, and
+//!   refuses to seal it (which is what makes shared views of it available) while that
+//!   writer is alive.
+
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+/// Bytes at the end of a segment file that clients do not map (libplasma's
+/// `kMmapRegionsGap`): the client maps `mmap_size - 8` bytes.
+pub const UNMAPPED_TAIL: i64 = 8;
+
+/// One segment of the store, mapped into this process for as long as anything uses it.
+pub struct Segment {
+    /// The store's id for this segment.
+    id: i32,
+    map: MmapRaw,
+}
+
+impl fmt::Debug for Segment {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Segment")
+            .field("id", &self.id)
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+impl Segment {
+    /// Maps `mmap_size - 8` bytes of the segment file `fd` (read/write, shared), then closes
+    /// `fd`: the mapping alone keeps the memory.
+    pub fn map(id: i32, fd: OwnedFd, mmap_size: i64) -> io::Result<Segment> {
+        let len = mmap_size
+            .checked_sub(UNMAPPED_TAIL)
+            .filter(|&l| l > 0)
+            .and_then(|l| usize::try_from(l).ok())
+            .filter(|&l| l <= isize::MAX as usize)
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("segment {id}: cannot map an mmap_size of {mmap_size} bytes"),
+                )
+            })?;
+        let map = MmapOptions::new().len(len).map_raw(&fd)?;
+        drop(fd);
+        Ok(Segment { id, map })
+    }
+
+    /// Number of mapped bytes.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+}
+
+/// A bounds-checked byte range of a mapped segment, for reading.
+#[derive(Clone)]
+pub struct Region {
+    segment: Arc<Segment>,
+    offset: usize,
+    len: usize,
+}
+
+impl fmt::Debug for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Region")
+            .field("segment", &self.segment.id)
+            .field("offset", &self.offset)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl Region {
+    /// The range `[offset, offset + len)` of `segment`, or `None` if any of it lies outside
+    /// the mapping.
+    pub fn new(segment: &Arc<Segment>, offset: u64, len: u64) -> Option<Region> {
+        let offset = usize::try_from(offset).ok()?;
+        let len = usize::try_from(len).ok()?;
+        if offset.checked_add(len)? > segment.len() {
+            return None;
+        }
+        Some(Region {
+            segment: Arc::clone(segment),
+            offset,
+            len,
+        })
+    }
+
+    /// The bytes of the range.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `offset + len <= segment.len()` was checked in `new`, so the range lies
+        // inside a live mapping, which `self.segment` keeps mapped for the slice's lifetime
+        // (the mapping is never unmapped or shrunk while an `Arc<Segment>` exists). The
+        // pointer is non-null and `u8` needs no alignment. Shared views are only read for
+        // sealed objects (immutable by contract) or by the creator before seal while it holds
+        // no live `MutRegion` slice (see the module doc), so no one writes these bytes while
+        // the slice exists.
+        unsafe { std::slice::from_raw_parts(self.segment.map.as_ptr().add(self.offset), self.len) }
+    }
+}
+
+/// The writable range of an object this client created and has not sealed. Not `Clone`: there
+/// is exactly one per created object.
+#[derive(Debug)]
+pub struct MutRegion(Region);
+
+impl MutRegion {
+    /// Like [`Region::new`]; the caller must be the object's creator and create only one.
+    pub fn new(segment: &Arc<Segment>, offset: u64, len: u64) -> Option<MutRegion> {
+        Region::new(segment, offset, len).map(MutRegion)
+    }
+
+    /// A read-only view of the same range (for the client's bookkeeping).
+    pub fn view(&self) -> Region {
+        self.0.clone()
+    }
+
+    /// Gives up write access.
+    pub fn into_shared(self) -> Region {
+        self.0
+    }
+
+    /// The bytes of the range.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.bytes()
+    }
+
+    /// The bytes of the range, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        let r = &self.0;
+        // SAFETY: bounds and liveness as in `Region::bytes` (checked in `Region::new`, kept
+        // alive by the `Arc<Segment>`); the mapping is PROT_WRITE. Exclusivity: this object
+        // is unsealed and this process created it, so by the Plasma contract no other process
+        // touches these bytes; inside this process `MutRegion` is unique per object, the
+        // borrow of `&mut self` excludes other slices from it, and the client forms no other
+        // slice of an unsealed object while its writer is alive (seal is refused then).
+        unsafe { std::slice::from_raw_parts_mut(r.segment.map.as_mut_ptr().add(r.offset), r.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn segment(bytes: usize) -> Arc<Segment> {
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![7u8; bytes + 8]).unwrap();
+        Arc::new(Segment::map(4, OwnedFd::from(f), bytes as i64 + 8).unwrap())
+    }
+
+    #[test]
+    fn maps_all_but_the_last_eight_bytes() {
+        let s = segment(4096);
+        assert_eq!(s.len(), 4096);
+    }
+
+    #[test]
+    fn rejects_sizes_that_cannot_be_mapped() {
+        for size in [-1, 0, 8] {
+            let f = tempfile::tempfile().unwrap();
+            assert!(Segment::map(1, OwnedFd::from(f), size).is_err(), "{size}");
+        }
+    }
+
+    #[test]
+    fn regions_are_bounds_checked() {
+        let s = segment(4096);
+        assert!(Region::new(&s, 0, 4096).is_some());
+        assert!(Region::new(&s, 4096, 0).is_some());
+        assert!(Region::new(&s, 4096, 1).is_none());
+        assert!(Region::new(&s, 1, 4096).is_none());
+        assert!(Region::new(&s, u64::MAX, 2).is_none());
+    }
+
+    #[test]
+    fn writes_through_a_mut_region_are_seen_by_views_and_outlive_the_segment_handle() {
+        let s = segment(4096);
+        let mut w = MutRegion::new(&s, 64, 16).unwrap();
+        w.bytes_mut().copy_from_slice(&[1; 16]);
+        let r = w.into_shared();
+        drop(s);
+        assert_eq!(r.bytes(), &[1; 16]);
+        assert_eq!(Region::new(&r.segment, 0, 1).unwrap().bytes(), &[7]);
+    }
+}
