@@ -100,6 +100,8 @@ struct Conn {
     subscriber: Option<Subscriber>,
     /// Reading stopped because too many reply bytes are queued.
     paused: bool,
+    /// The client closed its end (or the socket failed): handle what is buffered, then close.
+    eof: bool,
     /// The connection is finished and will be closed at the end of this turn.
     dead: bool,
 }
@@ -118,6 +120,7 @@ impl Conn {
             out_fds: VecDeque::new(),
             subscriber: None,
             paused: false,
+            eof: false,
             dead: false,
         }
     }
@@ -414,7 +417,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.dead || c.paused {
+        if c.dead || c.paused || c.eof {
             return;
         }
         loop {
@@ -431,7 +434,7 @@ impl Server {
                         io::ErrorKind::Interrupted => continue,
                         _ => {
                             debug!("client {key}: read failed: {e}");
-                            c.dead = true;
+                            c.eof = true;
                             break;
                         }
                     }
@@ -439,7 +442,7 @@ impl Server {
             };
             c.decoder.commit(chunk, n);
             if n == 0 {
-                c.dead = true;
+                c.eof = true;
                 break;
             }
             c.received += n as u64;
@@ -460,6 +463,7 @@ impl Server {
             self.dead.push(key);
             return;
         }
+        // Requests that arrived before an end of stream are still handled.
         self.process(key);
     }
 
@@ -479,6 +483,9 @@ impl Server {
             }
             if c.awaiting_fd {
                 if c.decoder.buffered() == 0 {
+                    if c.eof {
+                        self.kill(key);
+                    }
                     return;
                 }
                 c.awaiting_fd = false;
@@ -498,7 +505,11 @@ impl Server {
             }
             let request = match c.decoder.next_frame() {
                 Ok(None) => {
-                    self.after_read(key);
+                    if c.eof {
+                        self.kill(key);
+                    } else {
+                        self.after_read(key);
+                    }
                     return;
                 }
                 Ok(Some(frame)) => decode_request(frame.msg_type, frame.body),
@@ -749,6 +760,9 @@ impl Server {
         }
         let mut out = outbox!(self);
         self.store.disconnect(key, &mut out);
+        // What is queued for its notification socket goes out if it can without waiting, as
+        // the original's synchronous writes would have sent it.
+        self.flush_notifications(key);
         let mut c = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut c.stream);
         if let Some(s) = c.subscriber.as_mut() {

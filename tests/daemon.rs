@@ -501,7 +501,7 @@ fn subscribe_pushes_sealed_objects_then_seals_and_deletions() {
     );
     mine.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
-    let mut next = || {
+    let next = || {
         let mut len = [0u8; 8];
         (&mine).read_exact(&mut len).expect("length");
         let mut body = vec![0u8; u64::from_ne_bytes(len) as usize];
@@ -603,6 +603,42 @@ fn unknown_and_reply_types_close_the_connection() {
         c.send_raw(&h);
         let mut buf = [0u8; 8];
         assert_eq!(c.sock.read(&mut buf).expect("read"), 0, "type {t}");
+    }
+    assert_serving(&mut d);
+}
+
+#[test]
+fn requests_sent_just_before_closing_are_still_handled() {
+    // Regression: the end of stream was seen in the same read as the requests before it,
+    // and the connection was closed without handling them.
+    let mut d = Daemon::start(&[]);
+    for i in 0..20 {
+        let mut c = d.client();
+        let mut bytes = Vec::new();
+        let mut enc = Encoder::new();
+        enc.request(&Request::Connect, &mut bytes);
+        enc.request(
+            &Request::CreateAndSeal {
+                object_id: oid(i),
+                evict_if_full: true,
+                data: vec![i; 10],
+                metadata: vec![],
+                digest: [0; 8],
+            },
+            &mut bytes,
+        );
+        c.send_raw(&bytes);
+        drop(c);
+    }
+    let mut c = d.client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while c.list().len() < 20 {
+        assert!(
+            Instant::now() < deadline,
+            "lost: {} of 20 stored",
+            c.list().len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
     assert_serving(&mut d);
 }
