@@ -7,7 +7,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -51,15 +51,20 @@ impl Store {
     /// Starts a store with `-m capacity` on a socket in a fresh temp dir. Its stderr goes to
     /// a log file, printed if the test fails.
     pub fn start(capacity: u64) -> Store {
+        Store::start_with(&store_bin(), capacity, &[])
+    }
+
+    /// Starts the daemon `bin` with `-m capacity`, a fresh socket and `extra` arguments.
+    pub fn start_with(bin: &Path, capacity: u64, extra: &[&str]) -> Store {
         let dir = tempfile::tempdir().expect("temp dir");
         let socket = dir.path().join("plasma.sock");
         let log = File::create(dir.path().join("store.log")).expect("log file");
-        let bin = store_bin();
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .arg("-m")
             .arg(capacity.to_string())
             .arg("-s")
             .arg(&socket)
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -116,6 +121,32 @@ impl Drop for Store {
                 eprintln!("store log:\n{}", self.log());
             }
         }
+    }
+}
+
+/// The C++ reference daemon for differential tests: `PLASMA_REFERENCE_BIN`, else the one
+/// kept by `scripts/setup-venv.sh` in the project's venv. `None` (with a note on stderr) when
+/// neither exists.
+pub fn reference_bin() -> Option<PathBuf> {
+    let p = std::env::var_os("PLASMA_REFERENCE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join(".venv/lib/python3.11/site-packages/pyarrow/plasma-store-server.reference")
+        });
+    if p.exists() {
+        Some(p)
+    } else if std::env::var_os("PLASMA_REQUIRE_REFERENCE").is_some() {
+        panic!(
+            "no reference daemon at {} and PLASMA_REQUIRE_REFERENCE is set",
+            p.display()
+        );
+    } else {
+        eprintln!(
+            "skipped: no reference daemon at {} (run scripts/setup-venv.sh)",
+            p.display()
+        );
+        None
     }
 }
 
