@@ -750,27 +750,31 @@ impl Store {
         freed
     }
 
-    /// Brings an evicted object back into memory. On failure the object is treated as
-    /// missing: if its bytes are lost it is removed for good.
+    /// Brings an evicted object back into memory. Its bytes leave the external store first,
+    /// so that on a full spill disk the objects evicted to make room can take its place. On
+    /// failure the object is treated as missing; if its bytes are lost it is removed for good.
     fn restore(&mut self, id: ObjectId, out: &mut impl Sink) -> bool {
         let Some(size) = self.objects.get(&id).map(Object::size) else {
-            return false;
-        };
-        let Some(offset) = self.allocate(size, true, out) else {
-            warn!("no memory to restore {id} from the external store");
             return false;
         };
         let bytes = match self.external.as_mut().map(|e| e.take(id, size)) {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
                 error!("the external store lost {id}: {e}; the object is gone");
-                self.arena.free(offset).ok();
-                self.allocated -= size;
                 self.remove_object(id);
                 out.notify(&[deletion_info(id)]);
                 return false;
             }
             None => return false,
+        };
+        let Some(offset) = self.allocate(size, true, out) else {
+            warn!("no memory to restore {id} from the external store");
+            if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, &bytes)) {
+                error!("cannot put {id} back into the external store: {e}; the object is gone");
+                self.remove_object(id);
+                out.notify(&[deletion_info(id)]);
+            }
+            return false;
         };
         if let Err(e) = self.segment.write(offset, &bytes) {
             warn!("restoring {id}: {e}");
