@@ -34,6 +34,12 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
                hashtable://X  keep them in the store's own memory (the original's test store)
   --spill-limit BYTES  most bytes the file:// spill tier may write (default: no limit)
 
+Access (the shared memory is reachable only through fds the store hands to its clients):
+  --socket-mode MODE             permissions of the socket file, octal (default 600: only
+                                 the store's user may connect; 660 or 666 widen it)
+  --allow-uid UID[,UID...]       serve only peers with these user ids (SO_PEERCRED); others
+                                 are refused and logged
+
 Limits (the store never lets one client cost the others):
   --max-connections N            most clients at once (default 4096)
   --max-queued-bytes BYTES       replies queued for a client that does not read them before
@@ -57,6 +63,8 @@ struct Args {
     max_queued_bytes: Option<u64>,
     max_notification_bytes: Option<u64>,
     spill_limit: Option<u64>,
+    socket_mode: Option<u32>,
+    allowed_uids: Option<Vec<u32>>,
 }
 
 enum Parsed {
@@ -109,6 +117,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         max_queued_bytes: None,
         max_notification_bytes: None,
         spill_limit: None,
+        socket_mode: None,
+        allowed_uids: None,
     };
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
@@ -148,6 +158,23 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                     v.parse()
                         .map_err(|_| format!("--max-connections: bad number {v:?}"))?,
                 );
+            }
+            "socket-mode" => {
+                let v = value("an octal mode")?;
+                let mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| format!("--socket-mode: bad octal mode {v:?}"))?;
+                args.socket_mode = Some(mode);
+            }
+            "allow-uid" => {
+                let v = value("user ids")?;
+                let uids = v
+                    .split(',')
+                    .map(|u| u.trim().parse::<u32>())
+                    .collect::<Result<Vec<u32>, _>>()
+                    .map_err(|_| format!("--allow-uid: bad user id list {v:?}"))?;
+                args.allowed_uids.get_or_insert_with(Vec::new).extend(uids);
             }
             "spill-limit" => args.spill_limit = Some(parse_size(&value("a size")?)?),
             "max-queued-bytes" => args.max_queued_bytes = Some(parse_size(&value("a size")?)?),
@@ -192,6 +219,10 @@ fn main() -> ExitCode {
     store.external_store = args.external_store.clone();
     store.spill_limit = args.spill_limit;
     let mut config = ServerConfig::new(args.socket.clone(), store);
+    if let Some(m) = args.socket_mode {
+        config.socket_mode = m;
+    }
+    config.allowed_uids = args.allowed_uids.clone();
     if let Some(n) = args.max_connections {
         config.max_connections = n;
     }

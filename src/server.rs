@@ -53,6 +53,10 @@ pub struct ServerConfig {
     pub max_queued_bytes: usize,
     /// Notification bytes queued for a subscriber beyond which it is dropped.
     pub max_notification_bytes: usize,
+    /// Permission bits of the socket file (owner-only by default).
+    pub socket_mode: u32,
+    /// When set, only peers with these user ids (checked with SO_PEERCRED) are served.
+    pub allowed_uids: Option<Vec<u32>>,
 }
 
 impl ServerConfig {
@@ -64,6 +68,8 @@ impl ServerConfig {
             max_connections: 4096,
             max_queued_bytes: 64 << 20,
             max_notification_bytes: 64 << 20,
+            socket_mode: 0o600,
+            allowed_uids: None,
         }
     }
 }
@@ -229,7 +235,7 @@ fn socket_in_use(path: &Path) -> bool {
 
 /// Binds the listening socket, owner-only, replacing a stale socket file but never a live
 /// store's socket or a file that is not a socket.
-fn bind(path: &Path) -> io::Result<UnixListener> {
+fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
     use std::os::unix::fs::FileTypeExt;
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
@@ -247,10 +253,23 @@ fn bind(path: &Path) -> io::Result<UnixListener> {
         info!("removing stale socket {}", path.display());
         std::fs::remove_file(path)?;
     }
+    // Created owner-only, so that nobody else can connect before the mode is set.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
     let listener = UnixListener::bind(path);
     nix::sys::stat::umask(old);
-    listener
+    let listener = listener?;
+    if mode != 0o600 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(listener)
+}
+
+/// The user id of the process at the other end of a Unix socket.
+fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let creds = getsockopt(stream, PeerCredentials).map_err(io::Error::from)?;
+    Ok(creds.uid())
 }
 
 impl Server {
@@ -266,7 +285,7 @@ impl Server {
 
         let store = Store::new(&config.store)?;
         let poll = Poll::new()?;
-        let mut listener = bind(&config.socket)?;
+        let mut listener = bind(&config.socket, config.socket_mode)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         poll.registry().register(
@@ -378,6 +397,19 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
+                    if let Some(allowed) = &self.config.allowed_uids {
+                        match peer_uid(&stream) {
+                            Ok(uid) if allowed.contains(&uid) => {}
+                            Ok(uid) => {
+                                warn!("refusing a client with uid {uid}: not in --allow-uid");
+                                continue;
+                            }
+                            Err(e) => {
+                                warn!("refusing a client whose credentials are unknown: {e}");
+                                continue;
+                            }
+                        }
+                    }
                     if self.conns.len() >= self.config.max_connections {
                         warn!(
                             "refusing a client: {} connections already (the limit)",

@@ -642,3 +642,35 @@ fn requests_sent_just_before_closing_are_still_handled() {
     }
     assert_serving(&mut d);
 }
+
+#[test]
+fn socket_mode_widens_the_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = Daemon::start(&["--socket-mode", "660"]);
+    let mode = std::fs::metadata(&d.sock)
+        .expect("stat")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o660, "mode {mode:o}");
+}
+
+#[test]
+fn only_allowed_uids_are_served() {
+    let me = nix::unistd::getuid().as_raw();
+    let mut ok = Daemon::start(&["--allow-uid", &format!("4242,{me}")]);
+    assert_serving(&mut ok);
+
+    let mut refused = Daemon::start(&["--allow-uid", "4242"]);
+    let mut c = UnixStream::connect(&refused.sock).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut frame = Vec::new();
+    Encoder::new().request(&Request::Connect, &mut frame);
+    let _ = c.write_all(&frame);
+    let mut buf = [0u8; 8];
+    assert!(
+        matches!(c.read(&mut buf), Ok(0) | Err(_)),
+        "a refused peer was answered"
+    );
+    assert!(refused.alive());
+}
