@@ -33,6 +33,8 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
                file:///DIR    spill to files in DIR (see the README: the spill tier)
                hashtable://X  keep them in the store's own memory (the original's test store)
   --spill-limit BYTES  most bytes the file:// spill tier may write (default: no limit)
+  --no-prefault  leave shared memory to be allocated on first touch (by default the store
+               makes it resident in the background, while idle, after start-up)
 
 Access (the shared memory is reachable only through fds the store hands to its clients):
   --socket-mode MODE             permissions of the socket file, octal (default 600: only
@@ -64,6 +66,7 @@ struct Args {
     max_notification_bytes: Option<u64>,
     spill_limit: Option<u64>,
     socket_mode: Option<u32>,
+    no_prefault: bool,
     allowed_uids: Option<Vec<u32>>,
 }
 
@@ -118,6 +121,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         max_notification_bytes: None,
         spill_limit: None,
         socket_mode: None,
+        no_prefault: false,
         allowed_uids: None,
     };
     let mut it = argv.into_iter();
@@ -152,6 +156,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 }
             }
             "noh" | "nohugepages" => args.huge_pages = false,
+            "no-prefault" => args.no_prefault = true,
             "max-connections" => {
                 let v = value("a number")?;
                 args.max_connections = Some(
@@ -223,6 +228,7 @@ fn main() -> ExitCode {
         config.socket_mode = m;
     }
     config.allowed_uids = args.allowed_uids.clone();
+    config.prefault = !args.no_prefault;
     if let Some(n) = args.max_connections {
         config.max_connections = n;
     }

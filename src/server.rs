@@ -28,6 +28,7 @@ use crate::fdpass;
 use crate::protocol::{
     Encoder, FrameDecoder, HEADER_LEN, ObjectInfo, ProtocolError, Reply, Request, decode_request,
 };
+use crate::shm::SEGMENT_BASE;
 use crate::store::{ClientId, Sink, Store, StoreConfig};
 
 const LISTENER: Token = Token(usize::MAX);
@@ -37,6 +38,8 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const FRAMES_PER_TURN: usize = 64;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Bytes of shared memory made resident per idle loop turn (about a millisecond of work).
+const WARM_CHUNK: u64 = 8 << 20;
 /// Most fds a connection may have in flight before they are matched to a SubscribeRequest.
 const MAX_PENDING_FDS: usize = 4;
 
@@ -55,6 +58,9 @@ pub struct ServerConfig {
     pub max_notification_bytes: usize,
     /// Permission bits of the socket file (owner-only by default).
     pub socket_mode: u32,
+    /// Make the shared memory resident in the background after start-up, so that clients'
+    /// first writes do not pay for page allocation.
+    pub prefault: bool,
     /// When set, only peers with these user ids (checked with SO_PEERCRED) are served.
     pub allowed_uids: Option<Vec<u32>>,
 }
@@ -69,6 +75,7 @@ impl ServerConfig {
             max_queued_bytes: 64 << 20,
             max_notification_bytes: 64 << 20,
             socket_mode: 0o600,
+            prefault: true,
             allowed_uids: None,
         }
     }
@@ -147,6 +154,8 @@ struct Outbox<'a> {
     subscribers: &'a [usize],
     /// Connections given something to write.
     dirty: &'a mut Vec<usize>,
+    /// Set when a notification was queued.
+    notified: &'a mut bool,
     enc: &'a mut Encoder,
     scratch: &'a mut Vec<u8>,
     max_notification_bytes: usize,
@@ -183,10 +192,12 @@ impl Sink for Outbox<'_> {
             }
             if s.queued_bytes + self.scratch.len() > self.max_notification_bytes {
                 s.overflowed = true;
+                *self.notified = true;
                 continue;
             }
             s.queued_bytes += self.scratch.len();
             s.queue.push_back(self.scratch.clone());
+            *self.notified = true;
         }
     }
 }
@@ -198,6 +209,7 @@ macro_rules! outbox {
             conns: &mut $s.conns,
             subscribers: &$s.subscribers,
             dirty: &mut $s.dirty,
+            notified: &mut $s.notified,
             enc: &mut $s.enc,
             scratch: &mut $s.scratch,
             max_notification_bytes: $s.config.max_notification_bytes,
@@ -226,6 +238,12 @@ pub struct Server {
     /// While set, accepting waits (after EMFILE and friends).
     accept_paused_until: Option<Instant>,
     max_body: usize,
+    /// Shared memory below this offset is resident; the loop warms the rest up while idle.
+    warm_next: u64,
+    /// Where warming up stops.
+    warm_end: u64,
+    /// A notification was queued this turn: subscribers need writing.
+    notified: bool,
 }
 
 /// Whether a live process serves `path`: an existing socket that accepts connections.
@@ -293,6 +311,15 @@ impl Server {
             SIGNALS,
             Interest::READABLE,
         )?;
+        let warm_end = if config.prefault {
+            config
+                .store
+                .capacity
+                .saturating_add(SEGMENT_BASE)
+                .min(store.segment().usable_len() + SEGMENT_BASE)
+        } else {
+            SEGMENT_BASE
+        };
         // The largest legitimate request carries a whole object inline (CreateAndSeal).
         let max_body = usize::try_from(config.store.capacity)
             .unwrap_or(usize::MAX)
@@ -312,6 +339,9 @@ impl Server {
             dead: Vec::new(),
             accept_paused_until: None,
             max_body,
+            warm_next: SEGMENT_BASE,
+            warm_end,
+            notified: false,
         })
     }
 
@@ -345,19 +375,46 @@ impl Server {
                     Token(t) => {
                         let key = t / 2;
                         if t % 2 == 1 {
-                            self.dirty.push(key);
+                            self.notified = true;
                         } else {
                             if event.is_writable() {
                                 self.dirty.push(key);
                             }
-                            if event.is_readable() || event.is_read_closed() || event.is_error() {
-                                self.on_readable(key);
+                            let closed = event.is_read_closed() || event.is_error();
+                            if event.is_readable() || closed {
+                                self.on_readable(key, closed);
                             }
                         }
                     }
                 }
             }
             self.turn();
+            if events.is_empty() {
+                self.warm_step();
+            }
+        }
+    }
+
+    /// Makes the next chunk of shared memory resident (called when the loop is idle).
+    fn warm_step(&mut self) {
+        if self.warm_next >= self.warm_end {
+            return;
+        }
+        let len = WARM_CHUNK.min(self.warm_end - self.warm_next);
+        match self.store.segment().populate(self.warm_next, len) {
+            Ok(()) => {
+                self.warm_next += len;
+                if self.warm_next >= self.warm_end {
+                    debug!("shared memory is resident ({} bytes)", self.warm_end);
+                }
+            }
+            Err(e) => {
+                info!(
+                    "stopped making shared memory resident at {} of {} bytes: {e}",
+                    self.warm_next, self.warm_end
+                );
+                self.warm_end = self.warm_next;
+            }
         }
     }
 
@@ -379,7 +436,7 @@ impl Server {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.ready.is_empty() {
+        if !self.ready.is_empty() || self.warm_next < self.warm_end {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -444,8 +501,10 @@ impl Server {
         }
     }
 
-    /// Reads what the client sent and handles the complete frames.
-    fn on_readable(&mut self, key: usize) {
+    /// Reads what the client sent and handles the complete frames. `thorough` reads until the
+    /// socket says EAGAIN or end of stream: needed when the peer hung up (its end of stream
+    /// may sit behind data, with no further edge to come) and after reading was paused.
+    fn on_readable(&mut self, key: usize, thorough: bool) {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
@@ -478,6 +537,10 @@ impl Server {
                 break;
             }
             c.received += n as u64;
+            // A short read without fds means the socket was drained: new data will raise a
+            // new edge, so the read that would only say EAGAIN is skipped. (A read stops early
+            // after a byte that carries fds, so then the socket may hold more.)
+            let drained = !thorough && n < chunk && fds.is_empty();
             for fd in fds {
                 c.fds.push_back((c.received, fd));
             }
@@ -486,8 +549,8 @@ impl Server {
                 c.dead = true;
                 break;
             }
-            if c.decoder.buffered() >= HEADER_LEN + c.decoder.max_body().min(1 << 20) {
-                // Enough to work on; handle it before reading more.
+            if drained || c.decoder.buffered() >= HEADER_LEN + c.decoder.max_body().min(1 << 20) {
+                // Drained, or enough to work on: handle it before reading more.
                 break;
             }
         }
@@ -650,6 +713,7 @@ impl Server {
         );
         c.subscriber = Some(s);
         self.subscribers.push(key);
+        self.notified = true;
     }
 
     /// Closes dead connections and writes every queue that changed, until nothing is left
@@ -666,13 +730,15 @@ impl Server {
                 self.flush(key);
             }
             self.dirty = dirty;
-            for i in 0..self.subscribers.len() {
-                if let Some(&key) = self.subscribers.get(i) {
-                    self.flush_notifications(key);
+            if std::mem::take(&mut self.notified) {
+                for i in 0..self.subscribers.len() {
+                    if let Some(&key) = self.subscribers.get(i) {
+                        self.flush_notifications(key);
+                    }
                 }
+                self.subscribers
+                    .retain(|k| self.conns.get(*k).is_some_and(|c| c.subscriber.is_some()));
             }
-            self.subscribers
-                .retain(|k| self.conns.get(*k).is_some_and(|c| c.subscriber.is_some()));
             if self.dead.is_empty() {
                 break;
             }
@@ -742,7 +808,7 @@ impl Server {
         }
         if c.paused && c.queued() <= self.config.max_queued_bytes / 2 {
             c.paused = false;
-            self.on_readable(key);
+            self.on_readable(key, true);
         }
     }
 

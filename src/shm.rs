@@ -9,7 +9,6 @@
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::Path;
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -98,6 +97,16 @@ impl Segment {
         self.file_size - SEGMENT_BASE - CLIENT_MAP_TAIL
     }
 
+    /// Makes `[offset, offset + len)` resident (clamped to the segment). Used to warm the
+    /// segment up in small steps while the store is idle.
+    pub fn populate(&self, offset: u64, len: u64) -> io::Result<()> {
+        let end = offset.saturating_add(len).min(self.file_size);
+        if offset >= end {
+            return Ok(());
+        }
+        populate(self.fd.as_fd(), offset, end - offset)
+    }
+
     /// The fd to hand to clients.
     pub fn fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
@@ -174,16 +183,19 @@ fn check_huge_pages(bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Whether a directory can hold a segment (exists and is a directory).
-pub fn check_directory(dir: &Path) -> io::Result<()> {
-    let m = std::fs::metadata(dir)?;
-    if !m.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "not a directory",
-        ));
-    }
-    Ok(())
+/// Makes a range of a segment file resident (allocates its pages) without mapping it, so that
+/// clients' first writes there are minor faults instead of page allocations.
+fn populate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+    let to_off = |v: u64| {
+        i64::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))
+    };
+    nix::fcntl::fallocate(
+        fd,
+        nix::fcntl::FallocateFlags::empty(),
+        to_off(offset)?,
+        to_off(len)?,
+    )
+    .map_err(io::Error::from)
 }
 
 #[cfg(test)]

@@ -231,6 +231,10 @@ pub struct Store {
     /// Ids whose deletion waits for their last reference to go.
     deferred_deletes: HashSet<ObjectId>,
     external: Option<ExternalStore>,
+    /// Bytes of objects some client holds.
+    pinned_bytes: u64,
+    /// Quota-owned objects some client holds.
+    owned_pinned: usize,
 }
 
 fn unix_now() -> i64 {
@@ -281,6 +285,8 @@ impl Store {
             next_lru: 0,
             deferred_deletes: HashSet::new(),
             external,
+            pinned_bytes: 0,
+            owned_pinned: 0,
         })
     }
 
@@ -472,8 +478,8 @@ impl Store {
         if let Some(quota) = state.quota {
             // As the original: newest first, each to the young end of the global list.
             for id in quota.lru.order.values().rev() {
+                self.disown(*id);
                 if let Some(o) = self.objects.get_mut(id) {
-                    o.owner = None;
                     o.lru_seq = None;
                     if !o.pinned() && o.state == State::Sealed {
                         self.lru_insert(*id);
@@ -485,14 +491,17 @@ impl Store {
             self.drop_get(get);
         }
         for id in state.refs {
-            let Some(o) = self.objects.get_mut(&id) else {
+            let Some(count) = self.drop_ref(id) else {
                 continue;
             };
-            o.ref_count = o.ref_count.saturating_sub(1);
-            if o.state == State::Created {
+            if self
+                .objects
+                .get(&id)
+                .is_some_and(|o| o.state == State::Created)
+            {
                 debug!("client {client} disconnected: aborting its unsealed object {id}");
                 self.remove_object(id);
-            } else if o.ref_count == 0 {
+            } else if count == 0 {
                 self.unreferenced(id, out);
             }
         }
@@ -649,10 +658,10 @@ impl Store {
         let victims = choose_victims(&mut quota.lru, &mut self.objects, size - remaining);
         let mut evict = Vec::new();
         for (id, size) in victims {
-            let Some(o) = self.objects.get_mut(&id) else {
+            self.disown(id);
+            let Some(o) = self.objects.get(&id) else {
                 continue;
             };
-            o.owner = None;
             if o.pinned() {
                 // Demoted: it joins the global list when its last holder lets go.
                 debug!("client {client}: quota full, demoting held object {id}");
@@ -851,6 +860,7 @@ impl Store {
                 if let Some(c) = self.clients.get_mut(&client) {
                     c.refs.remove(&object_id);
                 }
+                self.drop_ref(object_id);
                 self.remove_object(object_id);
             }
             Some(_) => warn!(
@@ -1036,8 +1046,39 @@ impl Store {
             return;
         };
         o.ref_count += 1;
-        if o.ref_count == 1 && o.owner.is_none() {
-            self.lru_remove(object_id);
+        if o.ref_count == 1 {
+            self.pinned_bytes += o.size();
+            if o.owner.is_some() {
+                self.owned_pinned += 1;
+            } else {
+                self.lru_remove(object_id);
+            }
+        }
+    }
+
+    /// Drops one reference to an object, keeping the pinned counters right. Returns the new
+    /// count.
+    fn drop_ref(&mut self, object_id: ObjectId) -> Option<u32> {
+        let o = self.objects.get_mut(&object_id)?;
+        if o.ref_count > 0 {
+            o.ref_count -= 1;
+            if o.ref_count == 0 {
+                self.pinned_bytes = self.pinned_bytes.saturating_sub(o.size());
+                if o.owner.is_some() {
+                    self.owned_pinned = self.owned_pinned.saturating_sub(1);
+                }
+            }
+        }
+        Some(o.ref_count)
+    }
+
+    /// Ends a quota client's ownership of an object.
+    fn disown(&mut self, object_id: ObjectId) {
+        if let Some(o) = self.objects.get_mut(&object_id)
+            && o.owner.take().is_some()
+            && o.ref_count > 0
+        {
+            self.owned_pinned = self.owned_pinned.saturating_sub(1);
         }
     }
 
@@ -1057,11 +1098,8 @@ impl Store {
             warn!("client {client}: release of {object_id}, which it does not hold; ignored");
             return;
         }
-        if let Some(o) = self.objects.get_mut(&object_id) {
-            o.ref_count = o.ref_count.saturating_sub(1);
-            if o.ref_count == 0 {
-                self.unreferenced(object_id, out);
-            }
+        if self.drop_ref(object_id) == Some(0) {
+            self.unreferenced(object_id, out);
         }
     }
 
@@ -1148,6 +1186,12 @@ impl Store {
         let Some(o) = self.objects.remove(&object_id) else {
             return false;
         };
+        if o.ref_count > 0 {
+            self.pinned_bytes = self.pinned_bytes.saturating_sub(o.size());
+            if o.owner.is_some() {
+                self.owned_pinned = self.owned_pinned.saturating_sub(1);
+            }
+        }
         self.deferred_deletes.remove(&object_id);
         if o.state == State::Evicted {
             if let Some(e) = self.external.as_mut() {
@@ -1210,17 +1254,7 @@ impl Store {
             .filter_map(|c| c.quota.as_ref().map(|q| (c, q)))
             .collect();
         let owned: usize = quota_clients.iter().map(|(_, q)| q.lru.order.len()).sum();
-        let owned_pinned = quota_clients
-            .iter()
-            .flat_map(|(_, q)| q.lru.order.values())
-            .filter(|id| self.objects.get(id).is_some_and(|o| o.ref_count > 0))
-            .count();
-        let pinned: u64 = self
-            .objects
-            .values()
-            .filter(|o| o.ref_count > 0)
-            .map(Object::size)
-            .sum();
+        let (owned_pinned, pinned) = (self.owned_pinned, self.pinned_bytes);
         let mut s = format!(
             "num clients with quota: {}\nquota map size: {owned}\npinned quota map size: \
              {owned_pinned}\nallocated bytes: {}\nallocation limit: {}\npinned bytes: {pinned}\n",
@@ -1244,6 +1278,44 @@ impl Store {
             );
         }
         s
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Recomputes every incrementally kept figure and compares.
+    fn assert_consistent(&self) {
+        let pinned: u64 = self
+            .objects
+            .values()
+            .filter(|o| o.ref_count > 0)
+            .map(Object::size)
+            .sum();
+        assert_eq!(self.pinned_bytes, pinned, "pinned bytes");
+        let owned_pinned = self
+            .objects
+            .values()
+            .filter(|o| o.ref_count > 0 && o.owner.is_some())
+            .count();
+        assert_eq!(self.owned_pinned, owned_pinned, "owned pinned");
+        let allocated: u64 = self
+            .objects
+            .values()
+            .filter(|o| o.state != State::Evicted)
+            .map(Object::size)
+            .sum();
+        assert_eq!(self.allocated, allocated, "allocated");
+        assert_eq!(self.arena.allocated_bytes(), allocated, "arena");
+        let refs: usize = self.clients.values().map(|c| c.refs.len()).sum();
+        assert_eq!(self.stats().references, refs as u64, "references");
+        let lru_bytes: u64 = self
+            .lru
+            .order
+            .values()
+            .filter_map(|id| self.objects.get(id))
+            .map(Object::size)
+            .sum();
+        assert_eq!(self.lru.bytes, lru_bytes, "global lru bytes");
     }
 }
 
@@ -1471,6 +1543,7 @@ mod tests {
     }
 
     fn ids_in_store(s: &mut Store, rec: &mut Rec) -> Vec<(ObjectId, i32)> {
+        s.assert_consistent();
         let Reply::List { objects } = req(s, rec, 3, Request::List) else {
             panic!("list reply");
         };

@@ -123,7 +123,10 @@ impl Raw {
             // Exactly what the frame needs: reading further could swallow the byte that
             // carries a segment fd (and with it the fd), as with the original client.
             let mut buf = vec![0u8; self.dec.wanted()];
-            let n = self.sock.read(&mut buf).expect("read");
+            let n = match self.sock.read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                r => r.expect("read"),
+            };
             assert!(n > 0, "the store closed the connection");
             self.dec.extend(&buf[..n]);
         }
