@@ -677,3 +677,38 @@ fn only_allowed_uids_are_served() {
     );
     assert!(refused.alive());
 }
+
+#[test]
+fn a_hang_up_right_behind_a_request_is_noticed() {
+    // Regression: the last request and the end of stream arrived in one readiness edge; a read
+    // shortcut handled the request and missed the end of stream, so the connection (and its
+    // unsealed object) lived on. The last request is a get that waits: no reply, so no failed
+    // write reveals the hang-up either.
+    let mut d = Daemon::start(&[]);
+    for i in 0..50 {
+        let mut c = d.client();
+        c.create(oid(i), 100, true);
+        let mut bytes = Vec::new();
+        Encoder::new().request(
+            &Request::Get {
+                object_ids: vec![oid(200)],
+                timeout_ms: -1,
+            },
+            &mut bytes,
+        );
+        c.send_raw(&bytes);
+        drop(c);
+    }
+    let mut c = d.client();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.list().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "{} unsealed objects outlived their closed connections",
+            c.list().len()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(c.allocated(), 0);
+    assert_serving(&mut d);
+}
