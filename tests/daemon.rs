@@ -352,13 +352,19 @@ fn spawn_child(d: &Daemon, mode: &str) -> Child {
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
-    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-    loop {
-        let line = lines.next().expect("child output").expect("read");
-        if line.trim_end().ends_with("ready") {
-            return child;
-        }
+    let Some(stdout) = child.stdout.take() else {
+        kill9(child);
+        panic!("no stdout from the child client");
+    };
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|line| line.trim_end().ends_with("ready"));
+    if !ready {
+        kill9(child);
+        panic!("the child client did not get ready");
     }
+    child
 }
 
 fn kill9(mut child: Child) {

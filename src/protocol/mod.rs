@@ -13,6 +13,7 @@ pub mod messages;
 
 #[allow(
     clippy::all,
+    clippy::undocumented_unsafe_blocks,
     clippy::pedantic,
     unsafe_op_in_unsafe_fn,
     mismatched_lifetime_syntaxes,
