@@ -44,6 +44,11 @@ Access (the shared memory is reachable only through fds the store hands to its c
 
 Limits (the store never lets one client cost the others):
   --max-connections N            most clients at once (default 4096)
+  --max-request-bytes BYTES      largest request accepted; a connection that announces more
+                                 is closed (default: the capacity + 1MiB, since a
+                                 create-and-seal carries its object inline)
+  --max-pending-gets N           gets one client may have waiting; more are answered at once
+                                 with what is available (default 1024)
   --max-queued-bytes BYTES       replies queued for a client that does not read them before
                                  the store stops reading its requests (default 64MiB)
   --max-notification-bytes BYTES notifications queued for a subscriber that does not read
@@ -67,6 +72,8 @@ struct Args {
     spill_limit: Option<u64>,
     socket_mode: Option<u32>,
     no_prefault: bool,
+    max_request_bytes: Option<u64>,
+    max_pending_gets: Option<usize>,
     allowed_uids: Option<Vec<u32>>,
 }
 
@@ -122,6 +129,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         spill_limit: None,
         socket_mode: None,
         no_prefault: false,
+        max_request_bytes: None,
+        max_pending_gets: None,
         allowed_uids: None,
     };
     let mut it = argv.into_iter();
@@ -182,6 +191,14 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 args.allowed_uids.get_or_insert_with(Vec::new).extend(uids);
             }
             "spill-limit" => args.spill_limit = Some(parse_size(&value("a size")?)?),
+            "max-request-bytes" => args.max_request_bytes = Some(parse_size(&value("a size")?)?),
+            "max-pending-gets" => {
+                let v = value("a number")?;
+                args.max_pending_gets = Some(
+                    v.parse()
+                        .map_err(|_| format!("--max-pending-gets: bad number {v:?}"))?,
+                );
+            }
             "max-queued-bytes" => args.max_queued_bytes = Some(parse_size(&value("a size")?)?),
             "max-notification-bytes" => {
                 args.max_notification_bytes = Some(parse_size(&value("a size")?)?)
@@ -222,6 +239,9 @@ fn main() -> ExitCode {
         huge_pages: args.huge_pages,
     };
     store.external_store = args.external_store.clone();
+    if let Some(n) = args.max_pending_gets {
+        store.max_pending_gets = n;
+    }
     store.spill_limit = args.spill_limit;
     let mut config = ServerConfig::new(args.socket.clone(), store);
     if let Some(m) = args.socket_mode {
@@ -233,6 +253,7 @@ fn main() -> ExitCode {
         config.max_connections = n;
     }
     let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    config.max_request_bytes = args.max_request_bytes.map(to_usize);
     if let Some(n) = args.max_queued_bytes {
         config.max_queued_bytes = to_usize(n);
     }

@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// Make the shared memory resident in the background after start-up, so that clients'
     /// first writes do not pay for page allocation.
     pub prefault: bool,
+    /// Largest request body accepted (a connection that announces more is closed). `None`:
+    /// the capacity plus 1 MiB, since a CreateAndSeal carries its object inline.
+    pub max_request_bytes: Option<usize>,
     /// When set, only peers with these user ids (checked with SO_PEERCRED) are served.
     pub allowed_uids: Option<Vec<u32>>,
 }
@@ -76,6 +79,7 @@ impl ServerConfig {
             max_notification_bytes: 64 << 20,
             socket_mode: 0o600,
             prefault: true,
+            max_request_bytes: None,
             allowed_uids: None,
         }
     }
@@ -321,9 +325,11 @@ impl Server {
             SEGMENT_BASE
         };
         // The largest legitimate request carries a whole object inline (CreateAndSeal).
-        let max_body = usize::try_from(config.store.capacity)
-            .unwrap_or(usize::MAX)
-            .saturating_add(1 << 20);
+        let max_body = config.max_request_bytes.unwrap_or_else(|| {
+            usize::try_from(config.store.capacity)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1 << 20)
+        });
         Ok(Server {
             config,
             poll,
