@@ -904,6 +904,9 @@ impl Store {
     ) {
         let mut specs = Vec::with_capacity(object_ids.len());
         let mut missing: Vec<ObjectId> = Vec::new();
+        // Distinct missing ids; a set once the list is long (a get may name millions of ids).
+        let mut seen: HashSet<ObjectId> = HashSet::new();
+        let long = object_ids.len() > 32;
         for id in &object_ids {
             let mut state = self.objects.get(id).map(|o| o.state);
             if state == Some(State::Evicted) && self.restore(*id, out) {
@@ -916,7 +919,12 @@ impl Store {
                 }
                 _ => {
                     specs.push(None);
-                    if !missing.contains(id) {
+                    let new = if long {
+                        seen.insert(*id)
+                    } else {
+                        !missing.contains(id)
+                    };
+                    if new {
                         missing.push(*id);
                     }
                 }
@@ -937,8 +945,11 @@ impl Store {
         for id in &missing {
             self.waiters.entry(*id).or_default().push(get);
         }
-        if timeout_ms > 0 {
-            let deadline = now + Duration::from_millis(timeout_ms.unsigned_abs());
+        // A timeout too far away to represent is as good as none.
+        if timeout_ms > 0
+            && let Some(deadline) =
+                now.checked_add(Duration::from_millis(timeout_ms.unsigned_abs()))
+        {
             self.deadlines.push(Reverse((deadline, get)));
         }
         if let Some(c) = self.clients.get_mut(&client) {
@@ -1733,6 +1744,38 @@ mod tests {
         assert_eq!((objects, store_fds), (vec![None], vec![]));
         assert_eq!(s.stats().pending_gets, 0);
         assert_eq!(s.next_deadline(), None);
+    }
+
+    #[test]
+    fn absurd_timeouts_and_huge_id_lists() {
+        let (mut s, mut rec) = (store(10_000), Rec::default());
+        // Millions of years away (or unrepresentable): no panic, and the get waits.
+        get(&mut s, &mut rec, 1, &[oid(1)], i64::MAX);
+        assert!(rec.take().is_empty());
+        let far = Instant::now() + Duration::from_secs(1 << 40);
+        assert!(s.next_deadline().is_none_or(|d| d > far));
+        // Two million ids, all missing, each listed twice: answered promptly.
+        let mut ids: Vec<ObjectId> = (0..1_000_000u32)
+            .map(|i| {
+                let mut b = [0u8; 20];
+                b[..4].copy_from_slice(&i.to_le_bytes());
+                ObjectId(b)
+            })
+            .collect();
+        ids.extend(ids.clone());
+        let start = Instant::now();
+        get(&mut s, &mut rec, 2, &ids, 0);
+        let Reply::Get { objects, .. } = rec.last_reply() else {
+            panic!()
+        };
+        assert_eq!(objects.len(), 2_000_000);
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            start.elapsed()
+        );
+        s.disconnect(1, &mut rec);
+        assert_eq!(s.stats().pending_gets, 0);
     }
 
     #[test]
