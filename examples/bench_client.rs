@@ -334,11 +334,12 @@ fn wake(o: &Opts, client: &Client) -> Res<Timed> {
             from_child.read_line(&mut line)?; // "r": about to call get
             std::thread::sleep(gap);
             let sealed_at = now_ns();
-            drop(buf.seal()?);
+            let sealed = buf.seal()?;
             line.clear();
             from_child.read_line(&mut line)?;
             let woke_at: u128 = line.trim().parse()?;
             lat.push(woke_at.saturating_sub(sealed_at));
+            drop(sealed); // released after the wake, as bench.py does
         }
         let list: Vec<String> = lat.iter().map(|l| l.to_string()).collect();
         Ok(format!(r#","lat_ns":[{}]"#, list.join(",")))
