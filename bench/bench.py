@@ -511,42 +511,45 @@ class Bench:
                     cpu_seconds(r) / ops * 1e6)
 
     def section_scaling(self, rnd):
+        """One pair of daemons per level of objects stored, all alive at once, so that the
+        levels are measured interleaved too and a drift of the machine does not show up as
+        growth."""
         a = self.args
-        pair = {k: self.start(k, a.memory) for k in ("ours", "ref")}
+        daemons = {}
         try:
-            stored = 0
             for level in a.levels:
                 for kind in self.order(rnd):
-                    r = self.drive("rust", "fill", pair[kind], n=level - stored, batch=1000,
-                                   pid=None)
-                stored = level
-                lvl = human_count(level)
-                for workload, title in SCALING_WORKLOADS:
-                    for client in CLIENTS:
-                        for kind in self.order(rnd):
-                            r = self.drive(client, workload, pair[kind], n=a.scaling_n)
-                            label = CLIENT_LABEL[client]
-                            self.record("scaling", f"{title} with {lvl} objects stored",
-                                        f"{label} µs/op", "µs", "lower", kind,
-                                        r["seconds"] / r["ops"] * 1e6, (title, level))
-                            self.record("scaling", f"{title} with {lvl} objects stored",
-                                        f"{label} daemon CPU µs/op", "µs", "lower", kind,
-                                        cpu_seconds(r) / r["ops"] * 1e6, (title, level))
-                calls = max(1, min(100, 100_000 // level))
+                    d = daemons[level, kind] = self.start(kind, a.memory)
+                    self.drive("rust", "fill", d, n=level, batch=1000, pid=None)
+            for workload, title in SCALING_WORKLOADS:
                 for client in CLIENTS:
+                    label = CLIENT_LABEL[client]
+                    for level in a.levels:
+                        row = f"{title} with {human_count(level)} objects stored"
+                        for kind in self.order(rnd):
+                            r = self.drive(client, workload, daemons[level, kind],
+                                           n=a.scaling_n)
+                            self.record("scaling", row, f"{label} µs/op", "µs", "lower", kind,
+                                        r["seconds"] / r["ops"] * 1e6, (title, level))
+                            self.record("scaling", row, f"{label} daemon CPU µs/op", "µs",
+                                        "lower", kind, cpu_seconds(r) / r["ops"] * 1e6,
+                                        (title, level))
+            for client in CLIENTS:
+                label = CLIENT_LABEL[client]
+                for level in a.levels:
+                    row = f"list of {human_count(level)} objects"
                     for kind in self.order(rnd):
-                        r = self.drive(client, "list", pair[kind], n=calls)
+                        r = self.drive(client, "list", daemons[level, kind],
+                                       n=max(1, min(100, 100_000 // level)))
                         if r["count"] != level:
                             raise RuntimeError(f"list saw {r['count']} objects, not {level}")
-                        label = CLIENT_LABEL[client]
-                        self.record("scaling", f"list of {lvl} objects", f"{label} ms/call",
-                                    "ms", "lower", kind, r["seconds"] / r["ops"] * 1e3,
+                        self.record("scaling", row, f"{label} ms/call", "ms", "lower", kind,
+                                    r["seconds"] / r["ops"] * 1e3, ("list", level))
+                        self.record("scaling", row, f"{label} daemon CPU ms/call", "ms",
+                                    "lower", kind, cpu_seconds(r) / r["ops"] * 1e3,
                                     ("list", level))
-                        self.record("scaling", f"list of {lvl} objects",
-                                    f"{label} daemon CPU ms/call", "ms", "lower", kind,
-                                    cpu_seconds(r) / r["ops"] * 1e3, ("list", level))
         finally:
-            for d in pair.values():
+            for d in daemons.values():
                 d.stop()
 
     def section_rss(self, rnd):
@@ -853,7 +856,7 @@ def main(argv):
     a.wake_gap_us = 1000
     if a.quick:
         a.rounds = a.rounds or 1
-        a.n, a.concurrent_n, a.wake_n, a.scaling_n = 5000, 2000, 100, 2000
+        a.n, a.concurrent_n, a.wake_n, a.scaling_n = 10_000, 2500, 150, 5000
         a.levels = [1000, 100_000]
         a.startup_reps = 3
     else:
