@@ -1417,6 +1417,45 @@ fn a_get_listing_a_missing_id_twice_then_sealed() {
 
 // ---- clients killed at the worst moment ----
 
+#[test]
+fn a_client_gone_in_the_middle_of_a_large_message_is_cleaned_up() {
+    // The end of a large body and the end of stream arrive together, as when a client is
+    // killed while sending a big CreateAndSeal. Repeated: which of the two the store sees
+    // first is up to the scheduler.
+    let (mut d, kept) = start();
+    let baseline = d.settled_fds();
+    let mut c = d.raw();
+    for i in 0..10 {
+        let mut dying = d.raw();
+        let Reply::Get { objects, .. } = dying.call(&Request::Get {
+            object_ids: vec![kept.id],
+            timeout_ms: 0,
+        }) else {
+            panic!("get")
+        };
+        assert!(objects[0].is_some());
+        assert_eq!(find(&mut c, kept.id).expect("kept").ref_count, 1);
+        let mut bytes = header(0, 3, 2 << 20).to_vec();
+        bytes.extend(vec![0u8; (1 << 20) + (100 << 10)]);
+        dying.send_raw(&bytes).expect("send");
+        std::thread::sleep(Duration::from_millis(50));
+        dying.send_raw(&[0u8; 1000]).expect("send");
+        drop(dying);
+        let deadline = Instant::now() + READ_TIMEOUT;
+        while find(&mut c, kept.id).expect("kept").ref_count != 0 {
+            assert!(
+                Instant::now() < deadline,
+                "attempt {i}: the connection of a client that is gone still holds its \
+                 reference (the store never saw its end of stream)"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    drop(c);
+    d.assert_fds_return_to(baseline);
+    assert_survived(&mut d, &kept);
+}
+
 /// Child-process entry: a real client process that does what PLASMA_BAD_CHILD says, prints
 /// "ready", and waits to be killed.
 #[test]
