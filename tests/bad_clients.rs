@@ -198,8 +198,9 @@ fn negative_and_huge_lengths_close_before_allocating() {
         for t in [1i64, 9, 17, 19] {
             let mut c = d.raw();
             c.send_raw(&header(0, t, len)).expect("send");
-            // A few body bytes: the store must not wait for the rest before refusing.
-            c.send_raw(&[0u8; 100]).expect("send");
+            // A few body bytes: the store must not wait for the rest before refusing (it
+            // may have hung up already).
+            let _ = c.send_raw(&[0u8; 100]);
             assert!(c.closed_by_store(), "length {len}, type {t}: not closed");
         }
     }
@@ -1340,6 +1341,37 @@ fn a_client_that_never_reads_its_replies() {
     assert_survived(&mut d, &kept);
 }
 
+#[test]
+fn a_client_that_half_closes_after_pipelining_gets_every_reply() {
+    // Requests, then shutdown(SHUT_WR), then the replies are read slowly: the store has
+    // seen the end of stream long before it may answer everything (its reply queue is
+    // bounded), and must still answer every request before it closes.
+    let (mut d, kept) = start_with(&["--max-queued-bytes", "256KiB"]);
+    let mut c = d.raw();
+    for i in 0..50 {
+        put(&mut c, oid(i), &[i; 100]);
+    }
+    let mut slow = d.raw();
+    let mut bytes = Vec::new();
+    for _ in 0..1000 {
+        bytes.extend(framed(&Request::List));
+    }
+    slow.send_raw(&bytes).expect("send");
+    slow.sock
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    std::thread::sleep(Duration::from_millis(200));
+    for i in 0..1000 {
+        match slow.recv() {
+            Ok((Reply::List { objects }, _)) => assert_eq!(objects.len(), 51),
+            Ok((r, _)) => panic!("reply {i}: {r:?}"),
+            Err(e) => panic!("reply {i} of 1000 never came: {e}"),
+        }
+    }
+    assert!(slow.closed_by_store(), "closed once everything is answered");
+    assert_survived(&mut d, &kept);
+}
+
 fn rss_kib(d: &Daemon) -> u64 {
     std::fs::read_to_string(format!("/proc/{}/status", d.pid()))
         .expect("status")
@@ -1366,8 +1398,21 @@ fn pipelined_gets_then_disconnect() {
         })
         .expect("send");
     }
-    std::thread::sleep(Duration::from_millis(100));
+    // And far more waiting gets than a client may have pending.
+    let mut many = d.raw();
+    let mut bytes = Vec::new();
+    for i in 0..2000u32 {
+        let mut id = [0x77; 20];
+        id[..4].copy_from_slice(&i.to_le_bytes());
+        bytes.extend(framed(&Request::Get {
+            object_ids: vec![ObjectId(id), oid(1)],
+            timeout_ms: -1,
+        }));
+    }
+    many.send_raw(&bytes).expect("send");
+    std::thread::sleep(Duration::from_millis(200));
     drop(w);
+    drop(many);
     assert_survived(&mut d, &kept);
     let mut c = d.raw();
     for i in 1..=3 {
