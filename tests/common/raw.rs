@@ -152,10 +152,17 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        let state = match self.exited() {
+            Some(status) => format!("exited: {status}"),
+            None => "running".to_string(),
+        };
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("--- store log (tail) ---\n{}", self.log());
+            eprintln!(
+                "--- store at the failure: {state}; log (tail) ---\n{}",
+                self.log()
+            );
         }
     }
 }
