@@ -119,6 +119,9 @@ struct Conn {
     paused: bool,
     /// The client closed its end (or the socket failed): handle what is buffered, then close.
     eof: bool,
+    /// Input ended and everything buffered was handled: close once the queued replies are
+    /// written (a client that half-closed its socket still gets them).
+    closing: bool,
     /// The connection is finished and will be closed at the end of this turn.
     dead: bool,
 }
@@ -138,6 +141,7 @@ impl Conn {
             subscriber: None,
             paused: false,
             eof: false,
+            closing: false,
             dead: false,
         }
     }
@@ -233,6 +237,9 @@ pub struct Server {
     scratch: Vec<u8>,
     /// Connections with buffered frames left over from a previous turn.
     ready: VecDeque<usize>,
+    /// Connections whose socket may hold more than was read: read again next turn, since no
+    /// new readiness edge will say so.
+    unread: Vec<usize>,
     /// Connections whose queues changed and need writing.
     dirty: Vec<usize>,
     /// Connections with a notification socket.
@@ -340,6 +347,7 @@ impl Server {
             enc: Encoder::new(),
             scratch: Vec::new(),
             ready: VecDeque::new(),
+            unread: Vec::new(),
             dirty: Vec::new(),
             subscribers: Vec::new(),
             dead: Vec::new(),
@@ -427,6 +435,9 @@ impl Server {
     /// The rest of a loop turn: leftover frames, timers, accepting after a pause, writes and
     /// closes.
     fn turn(&mut self) {
+        for key in std::mem::take(&mut self.unread) {
+            self.on_readable(key, true);
+        }
         let ready: Vec<usize> = self.ready.drain(..).collect();
         for key in ready {
             self.process(key);
@@ -442,7 +453,7 @@ impl Server {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.ready.is_empty() || self.warm_next < self.warm_end {
+        if !self.ready.is_empty() || !self.unread.is_empty() || self.warm_next < self.warm_end {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -514,10 +525,11 @@ impl Server {
         let Some(c) = self.conns.get_mut(key) else {
             return;
         };
-        if c.dead || c.paused || c.eof {
+        if c.dead || c.paused {
             return;
         }
-        loop {
+        let mut more = false;
+        while !c.eof {
             let chunk = c.decoder.wanted().clamp(4096, 1 << 20);
             let mut fds = Vec::new();
             let spare = c.decoder.spare(chunk);
@@ -555,14 +567,21 @@ impl Server {
                 c.dead = true;
                 break;
             }
-            if drained || c.decoder.buffered() >= HEADER_LEN + c.decoder.max_body().min(1 << 20) {
-                // Drained, or enough to work on: handle it before reading more.
+            if drained {
+                break;
+            }
+            if c.decoder.buffered() >= HEADER_LEN + c.decoder.max_body().min(1 << 20) {
+                // Enough to work on: handle it, and read the rest next turn (others first).
+                more = true;
                 break;
             }
         }
         if c.dead {
             self.dead.push(key);
             return;
+        }
+        if more {
+            self.unread.push(key);
         }
         // Requests that arrived before an end of stream are still handled.
         self.process(key);
@@ -585,7 +604,7 @@ impl Server {
             if c.awaiting_fd {
                 if c.decoder.buffered() == 0 {
                     if c.eof {
-                        self.kill(key);
+                        self.end_of_input(key);
                     }
                     return;
                 }
@@ -607,7 +626,7 @@ impl Server {
             let request = match c.decoder.next_frame() {
                 Ok(None) => {
                     if c.eof {
-                        self.kill(key);
+                        self.end_of_input(key);
                     } else {
                         self.after_read(key);
                     }
@@ -636,6 +655,19 @@ impl Server {
     fn after_read(&mut self, key: usize) {
         if let Some(c) = self.conns.get_mut(key) {
             c.decoder.shrink(1 << 20);
+        }
+    }
+
+    /// The client sent everything it will send and all of it was handled: close now, or once
+    /// its queued replies are written.
+    fn end_of_input(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.queued() == 0 && c.out_fds.is_empty() {
+            self.kill(key);
+        } else {
+            c.closing = true;
         }
     }
 
@@ -812,6 +844,11 @@ impl Server {
             c.out_base += c.out_pos as u64;
             c.out_pos = 0;
         }
+        if c.closing && c.queued() == 0 && c.out_fds.is_empty() {
+            c.dead = true;
+            self.dead.push(key);
+            return;
+        }
         if c.paused && c.queued() <= self.config.max_queued_bytes / 2 {
             c.paused = false;
             self.on_readable(key, true);
@@ -874,6 +911,7 @@ impl Server {
         }
         info!("client {key} disconnected");
         self.ready.retain(|k| *k != key);
+        self.unread.retain(|k| *k != key);
         self.subscribers.retain(|k| *k != key);
     }
 }

@@ -1259,12 +1259,17 @@ impl Store {
 
     /// The eviction policy's report, line for line the original's.
     fn debug_string(&self) -> String {
-        let quota_clients: Vec<(&ClientState, &Quota)> = self
+        // In connection order (the original's order is its hash map's).
+        let mut quota_clients: Vec<(ClientId, &ClientState, &Quota)> = self
             .clients
-            .values()
-            .filter_map(|c| c.quota.as_ref().map(|q| (c, q)))
+            .iter()
+            .filter_map(|(id, c)| c.quota.as_ref().map(|q| (*id, c, q)))
             .collect();
-        let owned: usize = quota_clients.iter().map(|(_, q)| q.lru.order.len()).sum();
+        quota_clients.sort_unstable_by_key(|(id, _, _)| *id);
+        let owned: usize = quota_clients
+            .iter()
+            .map(|(_, _, q)| q.lru.order.len())
+            .sum();
         let (owned_pinned, pinned) = (self.owned_pinned, self.pinned_bytes);
         let mut s = format!(
             "num clients with quota: {}\nquota map size: {owned}\npinned quota map size: \
@@ -1279,7 +1284,7 @@ impl Store {
             self.capacity,
             &self.lru,
         );
-        for (c, q) in quota_clients {
+        for (_, c, q) in quota_clients {
             s.push('\n');
             s += &lru_report(
                 c.name.as_deref().unwrap_or(ANONYMOUS),
