@@ -1457,6 +1457,119 @@ mod rejections {
             })
         );
     }
+
+    /// A CreateAndSealBatchRequest whose columns point `n` times at the same strings: a small
+    /// body that would decode into `n` copies of `data`.
+    fn aliased_batch(n: usize, data_len: usize) -> Vec<u8> {
+        let mut fbb = FlatBufferBuilder::new();
+        let id = fbb.create_byte_string(&[7; 20]);
+        let data = fbb.create_byte_string(&vec![0xda; data_len]);
+        let meta = fbb.create_byte_string(&[]);
+        let digest = fbb.create_byte_string(&[0; 8]);
+        let ids = fbb.create_vector(&vec![id; n]);
+        let datas = fbb.create_vector(&vec![data; n]);
+        let metas = fbb.create_vector(&vec![meta; n]);
+        let digests = fbb.create_vector(&vec![digest; n]);
+        let start = fbb.start_table();
+        fbb.push_slot_always(slot(0), ids);
+        fbb.push_slot_always(slot(2), datas);
+        fbb.push_slot_always(slot(3), metas);
+        fbb.push_slot_always(slot(4), digests);
+        let root = fbb.end_table(start);
+        fbb.finish_minimal(root);
+        fbb.finished_data().to_vec()
+    }
+
+    /// Regression: shared strings let a small body stand for a huge decoded value (here a
+    /// 100 KB body for 200 MB of batch data; a body of a few MB could ask for terabytes and
+    /// abort the daemon on allocation failure). The verifier now bounds the bytes it accepts
+    /// to a small multiple of the body length.
+    #[test]
+    fn aliased_strings_cannot_amplify_a_message() {
+        let body = aliased_batch(3200, 64 * 1024);
+        assert!(body.len() < 128 * 1024);
+        match decode_request(MessageType::CreateAndSealBatchRequest, &body) {
+            Err(ProtocolError::InvalidFlatbuffer(_)) => {}
+            Ok(Request::CreateAndSealBatch { objects, .. }) => panic!(
+                "{} bytes decoded into {} bytes of data",
+                body.len(),
+                objects.iter().map(|o| o.data.len()).sum::<usize>()
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+        // A little sharing (a few repeated empty strings, as a careful writer might dedup)
+        // is still fine.
+        let small = aliased_batch(4, 16);
+        assert!(decode_request(MessageType::CreateAndSealBatchRequest, &small).is_ok());
+    }
+
+    #[test]
+    fn aliased_tables_cannot_amplify_a_list_reply() {
+        // One ObjectInfo table referenced 20000 times from an 80 KB vector.
+        let mut fbb = FlatBufferBuilder::new();
+        let id = fbb.create_byte_string(&[1; 20]);
+        let digest = fbb.create_byte_string(&[2; 8]);
+        let start = fbb.start_table();
+        fbb.push_slot_always(slot(0), id);
+        fbb.push_slot_always(slot(1), 5i64);
+        fbb.push_slot_always(slot(2), 6i64);
+        fbb.push_slot_always(slot(3), 7i32);
+        fbb.push_slot_always(slot(4), 8i64);
+        fbb.push_slot_always(slot(5), 9i64);
+        fbb.push_slot_always(slot(6), digest);
+        let info = fbb.end_table(start);
+        let infos = fbb.create_vector(&vec![info; 20000]);
+        let start = fbb.start_table();
+        fbb.push_slot_always(slot(0), infos);
+        let root = fbb.end_table(start);
+        fbb.finish_minimal(root);
+        let body = fbb.finished_data();
+        assert!(decode_reply(MessageType::ListReply, body).is_err());
+        assert!(decode_notification(body).is_err());
+    }
+
+    /// The bound on amplification leaves large well-formed messages alone, including the
+    /// worst legitimate ratio: many small tables sharing one vtable.
+    #[test]
+    fn large_legitimate_messages_still_decode() {
+        let deletions: Vec<ObjectInfo> = (0..20000u32)
+            .map(|i| deletion_info(ObjectId([i as u8; 20])))
+            .collect();
+        check_notification(&deletions);
+        check_reply(&Reply::List {
+            objects: deletions.clone(),
+        });
+        let minimal: Vec<ObjectInfo> = (0..20000u32)
+            .map(|i| ObjectInfo {
+                object_id: ObjectId([i as u8; 20]),
+                ..Default::default()
+            })
+            .collect();
+        check_reply(&Reply::List { objects: minimal });
+        let ids: Vec<ObjectId> = (0..100_000u32).map(|i| ObjectId([i as u8; 20])).collect();
+        check_request(&Request::Get {
+            object_ids: ids.clone(),
+            timeout_ms: -1,
+        });
+        check_reply(&Reply::Get {
+            object_ids: ids.clone(),
+            objects: vec![None; ids.len()],
+            store_fds: vec![],
+            mmap_sizes: vec![],
+        });
+        check_request(&Request::CreateAndSealBatch {
+            evict_if_full: true,
+            objects: ids[..20000]
+                .iter()
+                .map(|&object_id| BatchObject {
+                    object_id,
+                    data: vec![],
+                    metadata: vec![],
+                    digest: [0; 8],
+                })
+                .collect(),
+        });
+    }
 }
 
 // ------------------------------------------------------------------------------------------
