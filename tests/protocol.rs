@@ -1647,8 +1647,9 @@ fn nth_table_in_vector(b: &[u8], t: usize, slot_no: usize, n: usize) -> usize {
 /// depends on the layout): the builders place the same fields in a different order.
 /// - SealRequest, CreateAndSealRequest, DeleteReply, GetReply, ListReply (and each
 ///   `ObjectInfo` in it): the reference creates the out-of-line strings and vectors in the
-///   reverse order of ours (its C++ builds them while evaluating the arguments of one call,
-///   right to left), so the same bytes appear in a different order.
+///   reverse order of ours (consistent with its C++ building them while the arguments of one
+///   call are evaluated, right to left), so the same pieces appear in a different order and
+///   the offsets differ.
 /// - CreateReply on success: the reference adds the table's fields in its own order
 ///   (`plasma_object`, `object_id`, `store_fd`, `mmap_size`), ours in the generated order;
 ///   with the alignment of the 48-byte struct, ours is 8 bytes longer (152 vs 144).
