@@ -186,11 +186,27 @@ fn invalid(e: InvalidFlatbuffer) -> ProtocolError {
     ProtocolError::InvalidFlatbuffer(e.to_string())
 }
 
+/// How many bytes the verifier may visit per body byte. A well-formed message visits each
+/// byte about once (a vtable shared by many tables a few times more); a body whose offsets
+/// point at the same string or table over and over would otherwise decode into a value many
+/// times its size (a few MB of CreateAndSealBatch asking for terabytes of copies).
+const MAX_AMPLIFICATION: usize = 4;
+/// Allowance on top of that for tiny bodies, whose vtable is read more than once.
+const AMPLIFICATION_SLACK: usize = 1024;
+
 /// Verifies the whole buffer as a `V` root table and returns its view.
 fn root<'a, V>(body: &'a [u8], opts: &VerifierOptions) -> Result<V, ProtocolError>
 where
     V: Verifiable + Follow<'a, Inner = V> + 'a,
 {
+    let opts = &VerifierOptions {
+        max_apparent_size: opts.max_apparent_size.min(
+            body.len()
+                .saturating_mul(MAX_AMPLIFICATION)
+                .saturating_add(AMPLIFICATION_SLACK),
+        ),
+        ..opts.clone()
+    };
     let mut v = Verifier::new(opts, body);
     <ForwardsUOffset<V>>::run_verifier(&mut v, 0).map_err(invalid)?;
     // SAFETY: the root offset and the table it points at were verified just above.
