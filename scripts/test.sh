@@ -9,7 +9,7 @@
 #   4. pyarrow 11's own test_plasma.py, unmodified, against our daemon;
 #   5. the documentation walkthrough (tests/python) with the pyarrow 11 client;
 #   6. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
-#      (PLASMA_FUZZ_SECONDS per target, default 20; 0 skips).
+#      (PLASMA_FUZZ_SECONDS per target, default 60; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 step() { printf '\n== %s\n' "$*"; }
@@ -34,12 +34,10 @@ step "documentation walkthrough with the pyarrow 11 client"
 PLASMA_STORE_BIN=target/debug/plasma_store "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   -W ignore::DeprecationWarning tests/python
 
-secs=${PLASMA_FUZZ_SECONDS:-20}
+secs=${PLASMA_FUZZ_SECONDS:-60}
 if [ "$secs" != 0 ] && cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
   step "fuzz targets, ${secs}s each"
-  for t in $(cd fuzz && cargo +nightly fuzz list); do
-    (cd fuzz && cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -jobs=1 -workers=1)
-  done
+  scripts/fuzz.sh "$secs"
 else
   step "fuzzing skipped (needs a nightly toolchain and cargo-fuzz)"
 fi

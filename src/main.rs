@@ -78,7 +78,7 @@ struct Args {
 }
 
 enum Parsed {
-    Run(Args),
+    Run(Box<Args>),
     Help,
     Version,
 }
@@ -212,7 +212,7 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             "the socket path must be 1 to 107 bytes long (got {len})"
         ));
     }
-    Ok(Parsed::Run(args))
+    Ok(Parsed::Run(Box::new(args)))
 }
 
 fn main() -> ExitCode {
