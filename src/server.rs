@@ -94,6 +94,8 @@ struct Subscriber {
     sent: usize,
     queued_bytes: usize,
     overflowed: bool,
+    /// Registered for writability (only while a write is blocked).
+    registered: bool,
 }
 
 /// One client connection.
@@ -117,6 +119,9 @@ struct Conn {
     subscriber: Option<Subscriber>,
     /// Reading stopped because too many reply bytes are queued.
     paused: bool,
+    /// Registered for writability: only while a write is blocked, since an edge-triggered
+    /// registration would otherwise wake the store each time the client reads a reply.
+    want_write: bool,
     /// The client closed its end (or the socket failed): handle what is buffered, then close.
     eof: bool,
     /// Input ended and everything buffered was handled: close once the queued replies are
@@ -140,6 +145,7 @@ impl Conn {
             out_fds: VecDeque::new(),
             subscriber: None,
             paused: false,
+            want_write: false,
             eof: false,
             closing: false,
             dead: false,
@@ -496,7 +502,7 @@ impl Server {
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
                         Token(key * 2),
-                        Interest::READABLE | Interest::WRITABLE,
+                        Interest::READABLE,
                     ) {
                         warn!("cannot watch a new connection: {e}");
                         continue;
@@ -723,21 +729,14 @@ impl Server {
             warn!("client {key}: cannot use its notification fd: {e}");
             return;
         }
-        let mut sock = UnixStream::from_std(std);
-        if let Err(e) =
-            self.poll
-                .registry()
-                .register(&mut sock, Token(key * 2 + 1), Interest::WRITABLE)
-        {
-            warn!("client {key}: cannot watch its notification fd: {e}");
-            return;
-        }
+        let sock = UnixStream::from_std(std);
         let mut s = Subscriber {
             sock,
             queue: VecDeque::new(),
             sent: 0,
             queued_bytes: 0,
             overflowed: false,
+            registered: false,
         };
         for info in self.store.sealed_infos() {
             let mut msg = Vec::new();
@@ -844,7 +843,28 @@ impl Server {
             c.out_base += c.out_pos as u64;
             c.out_pos = 0;
         }
-        if c.closing && c.queued() == 0 && c.out_fds.is_empty() {
+        let blocked = c.queued() > 0 || !c.out_fds.is_empty();
+        if blocked != c.want_write {
+            let interest = if blocked {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match self
+                .poll
+                .registry()
+                .reregister(&mut c.stream, Token(key * 2), interest)
+            {
+                Ok(()) => c.want_write = blocked,
+                Err(e) => {
+                    warn!("client {key}: cannot watch its socket: {e}");
+                    c.dead = true;
+                    self.dead.push(key);
+                    return;
+                }
+            }
+        }
+        if c.closing && !blocked {
             c.dead = true;
             self.dead.push(key);
             return;
@@ -889,7 +909,28 @@ impl Server {
                 }
             }
         }
-        if drop_it && let Some(mut s) = c.subscriber.take() {
+        let blocked = !s.queue.is_empty();
+        if !drop_it && blocked != s.registered {
+            let token = Token(key * 2 + 1);
+            let r = if blocked {
+                self.poll
+                    .registry()
+                    .register(&mut s.sock, token, Interest::WRITABLE)
+            } else {
+                self.poll.registry().deregister(&mut s.sock)
+            };
+            match r {
+                Ok(()) => s.registered = blocked,
+                Err(e) => {
+                    warn!("client {key}: cannot watch its notification socket: {e}; dropping it");
+                    drop_it = true;
+                }
+            }
+        }
+        if drop_it
+            && let Some(mut s) = c.subscriber.take()
+            && s.registered
+        {
             let _ = self.poll.registry().deregister(&mut s.sock);
         }
     }
@@ -906,7 +947,9 @@ impl Server {
         self.flush_notifications(key);
         let mut c = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut c.stream);
-        if let Some(s) = c.subscriber.as_mut() {
+        if let Some(s) = c.subscriber.as_mut()
+            && s.registered
+        {
             let _ = self.poll.registry().deregister(&mut s.sock);
         }
         info!("client {key} disconnected");
