@@ -205,6 +205,8 @@ impl Drop for RawBuf {
 
 /// Copies below this size are done by the calling thread alone.
 const PARALLEL_COPY_MIN: usize = 1 << 20;
+/// Most threads one copy uses.
+const MAX_COPY_THREADS: usize = 64;
 
 /// Copies `dst.len()` bytes from address `src` into `dst`, with up to `threads` threads for
 /// large copies (pyarrow's `memcopy_threads`).
@@ -217,8 +219,9 @@ pub unsafe fn copy_from(dst: &mut [u8], src: usize, threads: usize) {
     if n == 0 {
         return;
     }
-    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
-    let threads = threads.clamp(1, cores).min(n.div_ceil(PARALLEL_COPY_MIN));
+    // As many threads as asked for (pyarrow's meaning of memcopy_threads), each copying at
+    // least PARALLEL_COPY_MIN bytes.
+    let threads = threads.clamp(1, MAX_COPY_THREADS).min(n.div_ceil(PARALLEL_COPY_MIN));
     if threads <= 1 {
         // SAFETY: by the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), n) };
