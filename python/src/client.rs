@@ -31,7 +31,7 @@ pub struct ObjectNotAvailable;
 /// Thread-safe: calls from several threads are serialized on the connection (a ``get`` that
 /// waits holds it; use one client per thread for concurrent waits). Blocking calls release the
 /// GIL.
-#[pyclass(module = "plasma_store", name = "PlasmaClient", frozen)]
+#[pyclass(module = "plasma_store", name = "PlasmaClient", frozen, weakref)]
 pub struct PlasmaClient {
     client: Client,
     socket_name: String,
@@ -100,6 +100,24 @@ impl PlasmaClient {
         })
         .py()
     }
+}
+
+/// Builds a list with `f` applied to each fetched object. If `f` fails, the objects not yet
+/// handed to it are released without the GIL.
+fn wrap_each<'py>(
+    py: Python<'py>,
+    found: Vec<Option<Arc<ObjectBuffer>>>,
+    mut f: impl FnMut(Option<Arc<ObjectBuffer>>) -> PyResult<Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty(py);
+    let mut rest = found.into_iter();
+    while let Some(object) = rest.next() {
+        if let Err(e) = f(object).and_then(|item| out.append(item)) {
+            drop_detached(py, rest.collect::<Vec<_>>());
+            return Err(e);
+        }
+    }
+    Ok(out)
 }
 
 /// Bytes of a bytes-like argument (copied unless it is `bytes`), passed to `f`.
@@ -238,28 +256,25 @@ impl PlasmaClient {
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = extract_ids(object_ids)?;
         let found = self.fetch(py, &ids, timeout_ms)?;
-        let out = PyList::empty(py);
-        let mut found = found.into_iter();
-        for object in found.by_ref() {
-            let item = match object {
-                None if with_meta => PyTuple::new(py, [py.None(), py.None()])?.into_any(),
-                None => py.None().into_bound(py),
-                Some(object) => {
-                    let data = object.data();
-                    let memory = PlasmaMemory::sealed(&object, data.as_ptr(), data.len());
-                    let meta = with_meta.then(|| PyBytes::new(py, object.metadata()));
-                    let result = py_buffer(py, memory);
-                    drop_detached(py, object);
-                    let buffer = result?;
-                    match meta {
-                        Some(meta) => PyTuple::new(py, [meta.into_any(), buffer])?.into_any(),
-                        None => buffer,
-                    }
-                }
+        wrap_each(py, found, |object| {
+            let Some(object) = object else {
+                return Ok(if with_meta {
+                    PyTuple::new(py, [py.None(), py.None()])?.into_any()
+                } else {
+                    py.None().into_bound(py)
+                });
             };
-            out.append(item)?;
-        }
-        Ok(out)
+            let data = object.data();
+            let memory = PlasmaMemory::sealed(&object, data.as_ptr(), data.len());
+            let meta = with_meta.then(|| PyBytes::new(py, object.metadata()));
+            let result = py_buffer(py, memory);
+            drop_detached(py, object);
+            let buffer = result?;
+            Ok(match meta {
+                Some(meta) => PyTuple::new(py, [meta.into_any(), buffer])?.into_any(),
+                None => buffer,
+            })
+        })
     }
 
     /// Gets the metadata of objects as read-only ``pyarrow.Buffer``s (``None`` when not
@@ -273,21 +288,16 @@ impl PlasmaClient {
     ) -> PyResult<Bound<'py, PyList>> {
         let ids = extract_ids(object_ids)?;
         let found = self.fetch(py, &ids, timeout_ms)?;
-        let out = PyList::empty(py);
-        for object in found {
-            let item = match object {
-                None => py.None().into_bound(py),
-                Some(object) => {
-                    let meta = object.metadata();
-                    let memory = PlasmaMemory::sealed(&object, meta.as_ptr(), meta.len());
-                    let result = py_buffer(py, memory);
-                    drop_detached(py, object);
-                    result?
-                }
+        wrap_each(py, found, |object| {
+            let Some(object) = object else {
+                return Ok(py.None().into_bound(py));
             };
-            out.append(item)?;
-        }
-        Ok(out)
+            let meta = object.metadata();
+            let memory = PlasmaMemory::sealed(&object, meta.as_ptr(), meta.len());
+            let result = py_buffer(py, memory);
+            drop_detached(py, object);
+            result
+        })
     }
 
     /// Stores the bytes of ``value`` (any object exporting a contiguous buffer: bytes,
@@ -382,16 +392,16 @@ impl PlasmaClient {
         let found = self.fetch(py, &ids, timeout_ms)?;
         let loads = pickle_fn(py, "loads")?;
         let not_available = py.get_type::<ObjectNotAvailable>().into_any();
-        let out = PyList::empty(py);
-        for (id, object) in ids.iter().zip(found) {
+        let mut ids = ids.into_iter();
+        let out = wrap_each(py, found, |object| {
+            let id = ids.next().unwrap_or_default();
             let Some(object) = object else {
-                out.append(&not_available)?;
-                continue;
+                return Ok(not_available.clone());
             };
-            let value = unpickle(py, loads, *id, &object);
+            let value = unpickle(py, loads, id, &object);
             drop_detached(py, object);
-            out.append(value?)?;
-        }
+            value
+        })?;
         if single {
             return out.get_item(0);
         }

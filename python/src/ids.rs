@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyTuple};
 /// ``ObjectID(b"...")`` takes 20 bytes; ``ObjectID.from_random()`` makes a random one.
 /// ObjectIDs compare equal by value, are hashable (usable as dict keys) and picklable (to
 /// pass them to other processes). ``repr`` is ``ObjectID(<40 hex digits>)``.
-#[pyclass(module = "plasma_store", name = "ObjectID", frozen)]
+#[pyclass(module = "plasma_store", name = "ObjectID", frozen, weakref)]
 #[derive(Clone, Copy)]
 pub struct PyObjectId {
     pub id: ObjectId,

@@ -221,7 +221,9 @@ pub unsafe fn copy_from(dst: &mut [u8], src: usize, threads: usize) {
     }
     // As many threads as asked for (pyarrow's meaning of memcopy_threads), each copying at
     // least PARALLEL_COPY_MIN bytes.
-    let threads = threads.clamp(1, MAX_COPY_THREADS).min(n.div_ceil(PARALLEL_COPY_MIN));
+    let threads = threads
+        .clamp(1, MAX_COPY_THREADS)
+        .min(n.div_ceil(PARALLEL_COPY_MIN));
     if threads <= 1 {
         // SAFETY: by the caller's contract.
         unsafe { std::ptr::copy_nonoverlapping(src as *const u8, dst.as_mut_ptr(), n) };

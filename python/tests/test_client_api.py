@@ -89,6 +89,13 @@ def test_object_id_api():
         oid < oid
 
 
+def test_clients_and_ids_support_weak_references(client):
+    import weakref
+    assert weakref.ref(client)() is client
+    oid = new_id()
+    assert weakref.ref(oid)() is oid
+
+
 def test_ids_may_be_given_as_bytes(client):
     raw = os.urandom(20)
     client.create_and_seal(raw, b"x")
