@@ -11,8 +11,9 @@ use crate::protocol::Digest;
 const PARALLEL_THRESHOLD: usize = 1 << 20;
 /// The original splits large data into this many equal chunks plus a tail.
 const PARTS: usize = 8;
-/// Data at or above this size has its parts hashed by several threads (libplasma hashes them
-/// on a thread pool too); below it, starting threads costs more than it saves.
+/// Data at or above this size has its parts hashed by one thread each (libplasma hashes them
+/// on a pool of 8 threads); below it, starting threads costs more than it saves. A thread per
+/// part (rather than per core) keeps the nine equal parts balanced on any number of cores.
 const THREADED_THRESHOLD: usize = 8 << 20;
 
 /// Computes the digest of an object's contents, as libplasma 11 does.
@@ -46,17 +47,14 @@ fn hash_parts(data: &[u8], chunk: usize, first: usize, out: &mut [u64]) {
     }
 }
 
-/// Hashes all parts, spread over the available cores for large data. Parts whose thread
-/// could not be started are hashed by the calling thread.
+/// Hashes all parts, each on its own thread for large data. Parts whose thread could not be
+/// started are hashed by the calling thread.
 fn hash_parts_threaded(data: &[u8], chunk: usize, hashes: &mut [u64; PARTS + 1]) {
-    let threads = if data.len() >= THREADED_THRESHOLD {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(PARTS + 1)
-    } else {
+    let per = if data.len() >= THREADED_THRESHOLD {
         1
+    } else {
+        hashes.len()
     };
-    let per = hashes.len().div_ceil(threads);
     let failed = std::thread::scope(|s| {
         let mut failed = Vec::new();
         let mut groups = hashes.chunks_mut(per).enumerate();
