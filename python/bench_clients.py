@@ -2,13 +2,17 @@
 """Compares this package's client with pyarrow 11's plasma client on the same daemon.
 
     python bench_clients.py [--pyarrow11 PYTHON] [--ours PYTHON] [--store-bin PATH]
-                            [--rounds N]
+                            [--rounds N] [--only NAME]
 
 Each client runs in its own interpreter (pyarrow 11 needs Python <= 3.11 and numpy < 2);
 both connect to one store started from the daemon binary ($PLASMA_STORE_BIN, else
 target/release/plasma_store of this repository: ``cargo build --release``). The rounds of
-the two clients alternate, so both see the same machine load; each row gives the best and
-the median round, in operations per second:
+the two clients alternate, so both see the same machine load. Each row gives, per client,
+the best and the median round in operations per second and the median CPU time per
+operation (user + system time of the client process, all its threads); then the ratios
+plasma_store / pyarrow 11 of the best rates, the median ratio of back-to-back rounds
+("paired", the steadiest wall-clock figure on a busy machine) and the CPU-time ratio
+(above 1: plasma_store uses less CPU, a figure other load on the machine barely moves):
 
   create+seal 1 KiB       create(id, 1024), write it, seal(id), drop the buffer
   create_and_seal 1 KiB   one-message create_and_seal(id, data)
@@ -88,11 +92,13 @@ print(json.dumps(list(BENCH)), flush=True)
 for line in sys.stdin:
     fn, ops = BENCH[line.strip()]
     batch = ids(ops)
+    cpu = time.process_time()
     start = time.perf_counter()
     fn(batch)
     elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
     client.delete(batch)  # keep the store from filling up (not timed)
-    print(json.dumps([ops, elapsed]), flush=True)
+    print(json.dumps([ops, elapsed, cpu]), flush=True)
 """
 
 
@@ -109,8 +115,8 @@ class Worker:
     def round(self, name):
         self.proc.stdin.write(name + "\n")
         self.proc.stdin.flush()
-        ops, elapsed = json.loads(self.proc.stdout.readline())
-        return ops / elapsed
+        ops, elapsed, cpu = json.loads(self.proc.stdout.readline())
+        return ops / elapsed, cpu / ops
 
     def close(self):
         self.proc.stdin.close()
@@ -127,7 +133,9 @@ def main():
                     help="interpreter with plasma_store installed (default: python/.venv)")
     ap.add_argument("--store-bin", default=os.environ.get(
         "PLASMA_STORE_BIN", os.path.join(REPO, "target", "release", "plasma_store")))
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--only", action="append", metavar="NAME",
+                    help="run only this benchmark (repeatable)")
     args = ap.parse_args()
 
     tmp = tempfile.mkdtemp(prefix="plasma-bench-")
@@ -143,20 +151,26 @@ def main():
             time.sleep(0.01)
         workers = [Worker(args.ours, "plasma_store", path, tmp),
                    Worker(args.pyarrow11, "pyarrow.plasma", path, tmp)]
-        print(f"daemon: {args.store_bin}; best and median of {args.rounds} "
-              "alternating rounds")
-        print(f"{'':<24} {'plasma_store':>21} {'pyarrow 11':>21} {'best':>6} {'median':>6}")
-        print(f"{'benchmark (ops/s)':<24} {'best':>10} {'median':>10} "
-              f"{'best':>10} {'median':>10} {'ratio':>6} {'ratio':>6}")
+        print(f"daemon: {args.store_bin}; {args.rounds} alternating rounds")
+        print(f"{'':<23}|{'plasma_store':^29}|{'pyarrow 11':^29}|{'ratios':^22}")
+        print(f"{'benchmark':<23}|{'best/s':>9}{'median/s':>10}{'cpu us':>10}|"
+              f"{'best/s':>9}{'median/s':>10}{'cpu us':>10}|"
+              f"{'best':>7}{'paired':>8}{'cpu':>7}")
         for name in workers[0].benchmarks:
-            rates = ([], [])
+            if args.only and name not in args.only:
+                continue
+            rounds = ([], [])
             for r in range(args.rounds):
                 order = (0, 1) if r % 2 == 0 else (1, 0)
                 for i in order:
-                    rates[i].append(workers[i].round(name))
+                    rounds[i].append(workers[i].round(name))
+            rates = [[rate for rate, _ in x] for x in rounds]
+            cpus = [statistics.median(cpu for _, cpu in x) * 1e6 for x in rounds]
             (ob, om), (tb, tm) = ((max(x), statistics.median(x)) for x in rates)
-            print(f"{name:<24} {ob:>10.1f} {om:>10.1f} {tb:>10.1f} {tm:>10.1f} "
-                  f"{ob / tb:>5.2f}x {om / tm:>5.2f}x")
+            paired = statistics.median(a / b for a, b in zip(*rates))
+            print(f"{name:<23}|{ob:>9.1f}{om:>10.1f}{cpus[0]:>10.1f}|"
+                  f"{tb:>9.1f}{tm:>10.1f}{cpus[1]:>10.1f}|"
+                  f"{ob / tb:>6.2f}x{paired:>7.2f}x{cpus[1] / cpus[0]:>6.2f}x")
     finally:
         for w in workers:
             w.close()
