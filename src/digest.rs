@@ -11,6 +11,10 @@ use crate::protocol::Digest;
 const PARALLEL_THRESHOLD: usize = 1 << 20;
 /// The original splits large data into this many equal chunks plus a tail.
 const PARTS: usize = 8;
+/// Data at or above this size has its parts hashed by one thread each (libplasma hashes them
+/// on a pool of 8 threads); below it, starting threads costs more than it saves. A thread per
+/// part (rather than per core) keeps the nine equal parts balanced on any number of cores.
+const THREADED_THRESHOLD: usize = 8 << 20;
 
 /// Computes the digest of an object's contents, as libplasma 11 does.
 pub fn object_digest(data: &[u8], metadata: &[u8]) -> Digest {
@@ -19,21 +23,58 @@ pub fn object_digest(data: &[u8], metadata: &[u8]) -> Digest {
         outer.update(data);
     } else {
         let chunk = (data.len() / 64 / PARTS) * 64;
-        let mut parts = [0u8; (PARTS + 1) * 8];
-        for (i, slot) in parts.chunks_exact_mut(8).enumerate() {
-            let start = i * chunk;
-            let end = if i == PARTS {
-                data.len()
-            } else {
-                start + chunk
-            };
-            let h = data.get(start..end).map(|d| xxh64(d, 0)).unwrap_or(0);
-            slot.copy_from_slice(&h.to_le_bytes());
+        let mut hashes = [0u64; PARTS + 1];
+        hash_parts_threaded(data, chunk, &mut hashes);
+        for h in hashes {
+            outer.update(&h.to_le_bytes());
         }
-        outer.update(&parts);
     }
     outer.update(metadata);
     outer.digest().to_le_bytes()
+}
+
+/// Hashes parts `first..first + out.len()` of `data` (part `PARTS` is the tail) into `out`.
+fn hash_parts(data: &[u8], chunk: usize, first: usize, out: &mut [u64]) {
+    for (k, slot) in out.iter_mut().enumerate() {
+        let i = first + k;
+        let start = i * chunk;
+        let end = if i == PARTS {
+            data.len()
+        } else {
+            start + chunk
+        };
+        *slot = data.get(start..end).map(|d| xxh64(d, 0)).unwrap_or(0);
+    }
+}
+
+/// Hashes all parts, each on its own thread for large data. Parts whose thread could not be
+/// started are hashed by the calling thread.
+fn hash_parts_threaded(data: &[u8], chunk: usize, hashes: &mut [u64; PARTS + 1]) {
+    let per = if data.len() >= THREADED_THRESHOLD {
+        1
+    } else {
+        hashes.len()
+    };
+    let failed = std::thread::scope(|s| {
+        let mut failed = Vec::new();
+        let mut groups = hashes.chunks_mut(per).enumerate();
+        let mine = groups.next();
+        for (g, out) in groups {
+            let spawned = std::thread::Builder::new()
+                .spawn_scoped(s, move || hash_parts(data, chunk, g * per, out));
+            if spawned.is_err() {
+                failed.push(g);
+            }
+        }
+        if let Some((_, out)) = mine {
+            hash_parts(data, chunk, 0, out);
+        }
+        failed
+    });
+    for g in failed {
+        let end = ((g + 1) * per).min(hashes.len());
+        hash_parts(data, chunk, g * per, &mut hashes[g * per..end]);
+    }
 }
 
 #[cfg(test)]
@@ -59,5 +100,20 @@ mod tests {
             h.digest().to_le_bytes()
         };
         assert_ne!(object_digest(&data, b"m"), whole);
+    }
+
+    #[test]
+    fn threaded_hashing_gives_the_sequential_result() {
+        // Above THREADED_THRESHOLD, with a tail longer than a chunk.
+        let data: Vec<u8> = (0..(9 << 20) + 999).map(|i| (i * 13 % 256) as u8).collect();
+        let chunk = (data.len() / 64 / PARTS) * 64;
+        let mut sequential = [0u64; PARTS + 1];
+        hash_parts(&data, chunk, 0, &mut sequential);
+        let mut outer = Xxh64::new(0);
+        for h in sequential {
+            outer.update(&h.to_le_bytes());
+        }
+        outer.update(b"meta");
+        assert_eq!(object_digest(&data, b"meta"), outer.digest().to_le_bytes());
     }
 }

@@ -11,6 +11,22 @@ use super::state::split;
 use super::{Error, Shared};
 use crate::protocol::ObjectId;
 
+/// Keeps the shared memory under a buffer mapped for as long as it lives, whatever happens to
+/// the buffer or the client (even after a failed seal or a disconnect). It holds no reference
+/// to the object, so the store may reuse the bytes once the object is gone: it only
+/// guarantees that a raw pointer into them stays dereferenceable, for bindings that hand such
+/// pointers to foreign code (the Python buffer protocol).
+#[derive(Clone)]
+pub struct MappingGuard {
+    _region: Region,
+}
+
+impl fmt::Debug for MappingGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MappingGuard").finish_non_exhaustive()
+    }
+}
+
 /// One local reference to an object, released on drop.
 struct Lease {
     shared: Arc<Shared>,
@@ -84,6 +100,13 @@ impl MutableBuffer {
     /// The metadata bytes (written by create).
     pub fn metadata(&self) -> &[u8] {
         self.region.bytes().get(self.data_len..).unwrap_or_default()
+    }
+
+    /// Keeps this buffer's memory mapped beyond the buffer's own life (see [`MappingGuard`]).
+    pub fn mapping_guard(&self) -> MappingGuard {
+        MappingGuard {
+            _region: self.region.view(),
+        }
     }
 
     /// Seals the object (sending its digest) and returns a read-only buffer that keeps this

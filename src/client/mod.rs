@@ -75,7 +75,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-pub use self::buffer::{MutableBuffer, ObjectBuffer};
+pub use self::buffer::{MappingGuard, MutableBuffer, ObjectBuffer};
 pub use self::error::Error;
 pub use self::subscription::Subscription;
 pub use crate::protocol::{ObjectId, ObjectInfo};
