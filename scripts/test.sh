@@ -8,7 +8,8 @@
 #      that our encoding is the real one;
 #   4. pyarrow 11's own test_plasma.py, unmodified, against our daemon;
 #   5. the documentation walkthrough (tests/python) with the pyarrow 11 client;
-#   6. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
+#   6. the Python package's tests (python/run-tests.sh), newest pyarrow and numpy;
+#   7. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
 #      (PLASMA_FUZZ_SECONDS per target, default 60; 0 skips).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,9 @@ scripts/pyarrow-suite.sh target/debug/plasma_store -W ignore::DeprecationWarning
 step "documentation walkthrough with the pyarrow 11 client"
 PLASMA_STORE_BIN=target/debug/plasma_store "$VENV/bin/python" -m pytest -q -p no:cacheprovider \
   -W ignore::DeprecationWarning tests/python
+
+step "Python package (python/): newest pyarrow and numpy, and objects shared with pyarrow 11"
+PLASMA_PYARROW11_PYTHON="$VENV/bin/python" python/run-tests.sh -q
 
 secs=${PLASMA_FUZZ_SECONDS:-60}
 if [ "$secs" != 0 ] && cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
