@@ -1,14 +1,18 @@
 //! The shared-memory segment: one file (an anonymous memfd, or a file created and unlinked
-//! in `-d DIR`) mapped once by the store, whose fd is handed to clients.
+//! in `-d DIR`) whose fd is handed to clients, who map it.
 //!
-//! This module and [`crate::fdpass`] are the only places with `unsafe`. The store never forms
-//! a Rust reference into the mapping: clients write it concurrently, so every access is a raw
-//! copy through [`Segment::write`] / [`Segment::read`], bounds-checked first. Nothing about the
-//! store's own bookkeeping lives in this memory.
+//! The store itself does not map the segment: the few bytes it ever moves (a create-and-seal's
+//! payload, evictions to and restores from the external store) go through `pwrite`/`pread` on
+//! the fd, bounds-checked first. So none of the store's own state lives in this memory, its
+//! pages never count against the store's resident memory, and no Rust code can hold a
+//! reference into memory that clients write. Huge-page files (hugetlbfs) do not support
+//! `write(2)`; only for them the store maps the segment and copies through raw pointers (the
+//! one `unsafe` here).
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
 
 use memmap2::{MmapOptions, MmapRaw};
 
@@ -23,12 +27,13 @@ pub const CLIENT_MAP_TAIL: u64 = 8;
 /// Size of a huge page for rounding with `-h`.
 const HUGE_PAGE: u64 = 2 << 20;
 
-/// One mapped segment.
+/// One segment.
 pub struct Segment {
     /// The id clients know this segment by (never reused).
     id: i32,
-    fd: OwnedFd,
-    map: MmapRaw,
+    file: File,
+    /// The store's own mapping, only for huge-page segments.
+    map: Option<MmapRaw>,
     /// Size of the file: the `mmap_size` sent to clients.
     file_size: u64,
 }
@@ -73,10 +78,16 @@ impl Segment {
         file.set_len(file_size)?;
         let len = usize::try_from(file_size)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "segment too large"))?;
-        let map = MmapOptions::new().len(len).map_raw(&file)?;
+        // For huge pages, mapping also reserves the pages: it fails now rather than with a
+        // SIGBUS on first touch.
+        let map = if opts.huge_pages {
+            Some(MmapOptions::new().len(len).map_raw(&file)?)
+        } else {
+            None
+        };
         Ok(Segment {
             id,
-            fd: OwnedFd::from(file),
+            file,
             map,
             file_size,
         })
@@ -104,12 +115,12 @@ impl Segment {
         if offset >= end {
             return Ok(());
         }
-        populate(self.fd.as_fd(), offset, end - offset)
+        populate(self.file.as_fd(), offset, end - offset)
     }
 
     /// The fd to hand to clients.
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.file.as_fd()
     }
 
     fn check(&self, offset: u64, len: usize) -> io::Result<usize> {
@@ -126,16 +137,15 @@ impl Segment {
     /// Copies `data` into the segment at `offset`.
     pub fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let start = self.check(offset, data.len())?;
+        let Some(map) = &self.map else {
+            return self.file.write_all_at(data, offset);
+        };
         // SAFETY: `check` proved `start + data.len()` lies inside the mapping, which lives as
         // long as `self`. The destination is shared memory that clients may touch at the same
         // time, so no Rust reference is formed to it: a raw copy of plain bytes cannot create
         // an invalid value, and `data` (our own memory) cannot overlap the mapping's pages.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                data.as_ptr(),
-                self.map.as_mut_ptr().add(start),
-                data.len(),
-            );
+            std::ptr::copy_nonoverlapping(data.as_ptr(), map.as_mut_ptr().add(start), data.len());
         }
         Ok(())
     }
@@ -143,14 +153,13 @@ impl Segment {
     /// Copies `out.len()` bytes from the segment at `offset` into `out`.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
         let start = self.check(offset, out.len())?;
+        let Some(map) = &self.map else {
+            return self.file.read_exact_at(out, offset);
+        };
         // SAFETY: as in `write`: the range is inside the live mapping, bytes are copied raw
         // without forming a reference into shared memory, and `out` is our own memory.
         unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.map.as_ptr().add(start),
-                out.as_mut_ptr(),
-                out.len(),
-            );
+            std::ptr::copy_nonoverlapping(map.as_ptr().add(start), out.as_mut_ptr(), out.len());
         }
         Ok(())
     }
