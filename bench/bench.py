@@ -591,6 +591,21 @@ class Bench:
                             "higher", kind, size_gb / fresh)
                 self.record("put", f"{what} into memory touched once", f"{label} GB/s",
                             "GB/s", "higher", kind, size_gb / touched)
+        # The same into fresh memory of a store that has been idle for a while after start-up
+        # (a service started before its clients): both daemons get the same wait.
+        for client in CLIENTS:
+            for kind in self.order(rnd):
+                d = self.start(kind, a.put_memory)
+                try:
+                    time.sleep(a.put_settle)
+                    r = self.drive(client, "put", d, n=1, size=a.put_size)
+                finally:
+                    d.stop()
+                label = CLIENT_LABEL[client]
+                what = f"put {human_bytes(a.put_size)} (create, copy, seal)"
+                self.record("put", f"{what} into fresh store memory, {a.put_settle:g} s after "
+                            "start-up", f"{label} GB/s", "GB/s", "higher", kind,
+                            size_gb / r["each_s"][0])
 
     def section_startup(self, rnd):
         a = self.args
@@ -850,6 +865,7 @@ def main(argv):
     a.memory = GIB  # -m of the daemons for per-op, scaling and memory workloads
     a.put_size = GIB
     a.put_memory = 2 * GIB
+    a.put_settle = 2.0  # seconds a store is left idle before the "after start-up" put
     a.startup_memory = 4 * GIB
     a.clients = 4
     a.rss_objects = 140_000
