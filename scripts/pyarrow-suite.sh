@@ -11,6 +11,10 @@ shift || true
 ln -sfn "$BIN" "$SP/plasma-store-server"
 trap 'ln -sfn plasma-store-server.reference "$SP/plasma-store-server"' EXIT
 echo "pyarrow test_plasma.py against $BIN"
-# Run from a scratch directory so that no conftest or cache of ours is picked up.
+# Run from a scratch directory so that no conftest or cache of ours is picked up, with the
+# suite's own directory as pytest's rootdir: otherwise, when the scratch directory and the venv
+# share an ancestor (both under /tmp, say), pytest 9 also loads pyarrow 11's top-level
+# conftest.py, whose hook signature it no longer accepts.
 cd "$(mktemp -d)"
-"$VENV/bin/python" -m pytest -q -p no:cacheprovider "$SP/tests/test_plasma.py" "$@"
+"$VENV/bin/python" -m pytest -q -p no:cacheprovider --rootdir "$SP/tests" \
+  "$SP/tests/test_plasma.py" "$@"
