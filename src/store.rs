@@ -105,12 +105,12 @@ struct Object {
     /// Unix seconds.
     create_time: i64,
     /// Seconds from create to seal; −1 while unsealed.
-    construct_duration: i64,
+    construct_duration: i32,
     digest: Option<Digest>,
     /// Number of clients holding a reference (each at most one).
     ref_count: u32,
     /// The quota client whose list this object is in, if any.
-    owner: Option<ClientId>,
+    owner: Option<u32>,
     /// Position in its LRU list (the owner's, or the global one).
     lru_seq: Option<u64>,
 }
@@ -140,9 +140,64 @@ impl Object {
         ObjectInfo {
             ref_count: i32::try_from(self.ref_count).unwrap_or(i32::MAX),
             create_time: self.create_time,
-            construct_duration: self.construct_duration,
+            construct_duration: i64::from(self.construct_duration),
             ..seal_info(object_id, self)
         }
+    }
+}
+
+/// The object table: objects in a slab, found through a map from id to slab index. Compared
+/// with one map holding the objects, the hash table's scattered buckets are small (an id and
+/// an index), and the objects sit densely in the slab, so memory use follows the number of
+/// objects rather than the hash table's doubled capacity.
+#[derive(Debug, Default)]
+struct ObjectTable {
+    index: HashMap<ObjectId, usize>,
+    slab: slab::Slab<(ObjectId, Object)>,
+}
+
+impl ObjectTable {
+    fn get(&self, id: &ObjectId) -> Option<&Object> {
+        self.index
+            .get(id)
+            .and_then(|&i| self.slab.get(i))
+            .map(|(_, o)| o)
+    }
+
+    fn get_mut(&mut self, id: &ObjectId) -> Option<&mut Object> {
+        self.index
+            .get(id)
+            .and_then(|&i| self.slab.get_mut(i))
+            .map(|(_, o)| o)
+    }
+
+    fn contains_key(&self, id: &ObjectId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// Enters an object; the caller has checked that the id is new.
+    fn insert(&mut self, id: ObjectId, object: Object) {
+        let i = self.slab.insert((id, object));
+        if let Some(old) = self.index.insert(id, i) {
+            self.slab.try_remove(old);
+        }
+    }
+
+    fn remove(&mut self, id: &ObjectId) -> Option<Object> {
+        let i = self.index.remove(id)?;
+        self.slab.try_remove(i).map(|(_, o)| o)
+    }
+
+    fn len(&self) -> usize {
+        self.slab.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&ObjectId, &Object)> {
+        self.slab.iter().map(|(_, (id, o))| (id, o))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Object> {
+        self.slab.iter().map(|(_, (_, o))| o)
     }
 }
 
@@ -216,7 +271,7 @@ pub struct Store {
     arena: Arena,
     /// Sum of data + metadata sizes of objects in memory (what `capacity` bounds).
     allocated: u64,
-    objects: HashMap<ObjectId, Object>,
+    objects: ObjectTable,
     clients: HashMap<ClientId, ClientState>,
     gets: HashMap<u64, PendingGet>,
     next_get: u64,
@@ -275,7 +330,7 @@ impl Store {
             segment,
             arena,
             allocated: 0,
-            objects: HashMap::new(),
+            objects: ObjectTable::default(),
             clients: HashMap::new(),
             gets: HashMap::new(),
             next_get: 0,
@@ -605,7 +660,7 @@ impl Store {
             .clients
             .get(&client)
             .and_then(|c| c.quota.as_ref())
-            .map(|_| client);
+            .and_then(|_| u32::try_from(client).ok());
         self.objects.insert(
             object_id,
             Object {
@@ -887,7 +942,8 @@ impl Store {
         }
         o.state = State::Sealed;
         o.digest = Some(digest);
-        o.construct_duration = unix_now().saturating_sub(o.create_time);
+        o.construct_duration =
+            i32::try_from(unix_now().saturating_sub(o.create_time)).unwrap_or(i32::MAX);
         let info = seal_info(object_id, o);
         out.notify(&[info]);
         self.wake_waiters(object_id, out);
@@ -1134,7 +1190,11 @@ impl Store {
             return;
         };
         let lru = match o.owner {
-            Some(c) => match self.clients.get_mut(&c).and_then(|c| c.quota.as_mut()) {
+            Some(c) => match self
+                .clients
+                .get_mut(&(c as ClientId))
+                .and_then(|c| c.quota.as_mut())
+            {
                 Some(q) => &mut q.lru,
                 None => return,
             },
@@ -1156,7 +1216,11 @@ impl Store {
             return false;
         };
         let lru = match o.owner {
-            Some(c) => match self.clients.get_mut(&c).and_then(|c| c.quota.as_mut()) {
+            Some(c) => match self
+                .clients
+                .get_mut(&(c as ClientId))
+                .and_then(|c| c.quota.as_mut())
+            {
                 Some(q) => &mut q.lru,
                 None => return true,
             },
@@ -1337,11 +1401,7 @@ impl Store {
 
 /// Takes objects from the old end of `lru` until their sizes reach `target`, and counts them
 /// as that list's evictions.
-fn choose_victims(
-    lru: &mut Lru,
-    objects: &mut HashMap<ObjectId, Object>,
-    target: u64,
-) -> Vec<(ObjectId, u64)> {
+fn choose_victims(lru: &mut Lru, objects: &mut ObjectTable, target: u64) -> Vec<(ObjectId, u64)> {
     let mut victims = Vec::new();
     let mut sum = 0;
     while sum < target {
