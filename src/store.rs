@@ -175,6 +175,16 @@ impl ObjectTable {
         self.index.contains_key(id)
     }
 
+    /// The slab index of an object (stable while the object exists).
+    fn index_of(&self, id: &ObjectId) -> Option<u32> {
+        self.index.get(id).and_then(|&i| u32::try_from(i).ok())
+    }
+
+    /// The id of the object at a slab index.
+    fn id_at(&self, index: u32) -> Option<ObjectId> {
+        self.slab.get(index as usize).map(|(id, _)| *id)
+    }
+
     /// Enters an object; the caller has checked that the id is new.
     fn insert(&mut self, id: ObjectId, object: Object) {
         let i = self.slab.insert((id, object));
@@ -204,7 +214,9 @@ impl ObjectTable {
 /// One LRU list: ids by the time they entered, oldest first.
 #[derive(Debug, Default)]
 struct Lru {
-    order: BTreeMap<u64, ObjectId>,
+    /// LRU position → the object's index in the [`ObjectTable`] (4 bytes instead of a
+    /// 20-byte id: with a million objects the lists are a large part of the store's memory).
+    order: BTreeMap<u64, u32>,
     /// Sum of the sizes of the objects in the list.
     bytes: u64,
     /// Objects chosen for eviction from this list so far.
@@ -532,12 +544,15 @@ impl Store {
         };
         if let Some(quota) = state.quota {
             // As the original: newest first, each to the young end of the global list.
-            for id in quota.lru.order.values().rev() {
-                self.disown(*id);
-                if let Some(o) = self.objects.get_mut(id) {
+            for &index in quota.lru.order.values().rev() {
+                let Some(id) = self.objects.id_at(index) else {
+                    continue;
+                };
+                self.disown(id);
+                if let Some(o) = self.objects.get_mut(&id) {
                     o.lru_seq = None;
                     if !o.pinned() && o.state == State::Sealed {
-                        self.lru_insert(*id);
+                        self.lru_insert(id);
                     }
                 }
             }
@@ -1186,6 +1201,9 @@ impl Store {
 
     /// Puts an object at the young end of its list (its owner's or the global one).
     fn lru_insert(&mut self, object_id: ObjectId) {
+        let Some(index) = self.objects.index_of(&object_id) else {
+            return;
+        };
         let Some(o) = self.objects.get_mut(&object_id) else {
             return;
         };
@@ -1203,7 +1221,7 @@ impl Store {
         let seq = self.next_lru;
         self.next_lru += 1;
         o.lru_seq = Some(seq);
-        lru.order.insert(seq, object_id);
+        lru.order.insert(seq, index);
         lru.bytes += o.size();
     }
 
@@ -1392,7 +1410,8 @@ impl Store {
             .lru
             .order
             .values()
-            .filter_map(|id| self.objects.get(id))
+            .filter_map(|&i| self.objects.id_at(i))
+            .filter_map(|id| self.objects.get(&id))
             .map(Object::size)
             .sum();
         assert_eq!(self.lru.bytes, lru_bytes, "global lru bytes");
@@ -1405,8 +1424,11 @@ fn choose_victims(lru: &mut Lru, objects: &mut ObjectTable, target: u64) -> Vec<
     let mut victims = Vec::new();
     let mut sum = 0;
     while sum < target {
-        let Some((_, id)) = lru.order.pop_first() else {
+        let Some((_, index)) = lru.order.pop_first() else {
             break;
+        };
+        let Some(id) = objects.id_at(index) else {
+            continue;
         };
         if let Some(o) = objects.get_mut(&id) {
             o.lru_seq = None;
