@@ -227,7 +227,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            eprintln!("plasma_store: {e}\n(plasma_store --help shows the usage)");
+            eprintln!("plasma_store: {e} (see plasma_store --help)");
             return ExitCode::from(1);
         }
     };

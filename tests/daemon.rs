@@ -241,6 +241,7 @@ fn help_version_and_usage_errors() {
         assert_eq!(out.status.code(), Some(1), "{bad:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("plasma_store: "), "{bad:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{bad:?}: one line: {err}");
     }
 }
 
@@ -717,4 +718,64 @@ fn a_hang_up_right_behind_a_request_is_noticed() {
     }
     assert_eq!(c.allocated(), 0);
     assert_serving(&mut d);
+}
+
+/// CPU time (user + system, in clock ticks) a process has used, from /proc.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')').expect(")") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime")
+}
+
+#[test]
+fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
+    // accept() failing with EMFILE leaves the connection queued and the listener readable: a
+    // loop that just retries burns a core. The store backs off instead.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sock = dir.path().join("plasma.sock");
+    /// Kills the store even when an assertion fails first.
+    struct KillOnDrop(Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut guard = KillOnDrop(
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "ulimit -n 40 && exec {BIN} -m 10000000 -s {}",
+                sock.display()
+            ))
+            .env("RUST_LOG", "error")
+            .spawn()
+            .expect("spawn"),
+    );
+    let child = &mut guard.0;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while UnixStream::connect(&sock).is_err() {
+        assert!(Instant::now() < deadline, "the store did not come up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Far more connections than the store has descriptors for (the kernel queues them).
+    let mut clients: Vec<UnixStream> = (0..80)
+        .map(|_| UnixStream::connect(&sock).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = cpu_ticks(child.id());
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(child.id()) - before;
+    assert!(
+        used < 30,
+        "the store spun: {used} ticks of CPU in one idle second"
+    );
+    assert!(child.try_wait().expect("wait").is_none(), "the store died");
+    // When descriptors free up, the queued and new clients are served.
+    clients.truncate(5);
+    drop(clients);
+    let mut c = Raw::connect(&sock);
+    assert!(matches!(c.call(&Request::Connect), Reply::Connect { .. }));
 }
