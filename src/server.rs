@@ -254,6 +254,8 @@ pub struct Server {
     dead: Vec<usize>,
     /// While set, accepting waits (after EMFILE and friends).
     accept_paused_until: Option<Instant>,
+    /// Accepting failed and has not worked since.
+    accept_failing: bool,
     max_body: usize,
     /// Shared memory below this offset is resident; the loop warms the rest up while idle.
     warm_next: u64,
@@ -358,6 +360,7 @@ impl Server {
             subscribers: Vec::new(),
             dead: Vec::new(),
             accept_paused_until: None,
+            accept_failing: false,
             max_body,
             warm_next: SEGMENT_BASE,
             warm_end,
@@ -477,6 +480,9 @@ impl Server {
         loop {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
+                    if std::mem::take(&mut self.accept_failing) {
+                        info!("accepting connections again");
+                    }
                     if let Some(allowed) = &self.config.allowed_uids {
                         match peer_uid(&stream) {
                             Ok(uid) if allowed.contains(&uid) => {}
@@ -515,8 +521,14 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS...: the pending connection stays queued and the
-                    // listener stays readable, so back off instead of spinning.
-                    error!("accept failed: {e}; pausing new connections briefly");
+                    // listener stays readable, so back off instead of spinning. Said once per
+                    // episode, not at every retry.
+                    if !self.accept_failing {
+                        error!(
+                            "accept failed: {e}; retrying every {ACCEPT_BACKOFF:?} until it works"
+                        );
+                        self.accept_failing = true;
+                    }
                     self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
