@@ -18,6 +18,8 @@ step() { printf '\n== %s\n' "$*"; }
 VENV=$(scripts/setup-venv.sh)
 SP=$("$VENV/bin/python" -c 'import os, pyarrow; print(os.path.dirname(pyarrow.__file__))')
 REFERENCE="$SP/plasma-store-server.reference"
+# Tests that compare with the reference daemon fail, rather than skip, if it is missing.
+export PLASMA_REQUIRE_REFERENCE=1
 
 step "generated FlatBuffers code is current"
 FLATC="$VENV/bin/flatc" scripts/regen-flatbuffers.sh --check
