@@ -16,7 +16,7 @@ golden files the script then derives the seed corpus of every fuzz target under
 `fuzz/corpus/<target>/` (`--corpus-only` redoes just that step).
 
 Usage (from the repository root):
-    /work/main/.venv/bin/python scripts/capture-golden.py [--venv-python PY] [--corpus-only]
+    .venv/bin/python scripts/capture-golden.py [--venv-python PY] [--corpus-only]
 
 The session is deterministic except for timestamps in List replies (create_time,
 construct_duration) and the order of List entries (the store's hash map); the tests allow
@@ -55,8 +55,8 @@ TYPE_NAME = {v: k for k, v in T.items()}
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GOLDEN = os.path.join(REPO, "tests", "golden")
 CORPUS = os.path.join(REPO, "fuzz", "corpus")
-DEFAULT_STORE = ("/work/main/.venv/lib/python3.11/site-packages/pyarrow/"
-                 "plasma-store-server")
+DEFAULT_STORE = os.path.join(REPO, ".venv", "lib", "python3.11", "site-packages", "pyarrow",
+                             "plasma-store-server.reference")
 MEMORY = 1000000
 
 

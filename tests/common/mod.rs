@@ -195,15 +195,22 @@ pub fn next_notification(sub: &mut Subscription) -> ObjectInfo {
 }
 
 /// A Python with pyarrow 11's `pyarrow.plasma`, for cross-checks: `PLASMA_PYTHON`, else the
-/// project's venv if present.
+/// project's venv (`scripts/setup-venv.sh`) if present. Missing, it fails the test when
+/// PLASMA_REQUIRE_REFERENCE is set (the test script sets it), else the caller skips.
 pub fn pyarrow_python() -> Option<PathBuf> {
     let p = std::env::var_os("PLASMA_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/work/main/.venv/bin/python"));
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python"));
     let ok = Command::new(&p)
         .args(["-W", "ignore", "-c", "import pyarrow.plasma"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
+    if !ok && std::env::var_os("PLASMA_REQUIRE_REFERENCE").is_some() {
+        panic!(
+            "no Python with pyarrow 11 at {} and PLASMA_REQUIRE_REFERENCE is set",
+            p.display()
+        );
+    }
     ok.then_some(p)
 }
