@@ -368,11 +368,6 @@ impl Server {
         })
     }
 
-    /// The store (for tests and the debug report).
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// Runs until SIGINT or SIGTERM, then removes the socket file.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);

@@ -269,10 +269,6 @@ pub struct Stats {
     pub references: u64,
     /// Gets waiting.
     pub pending_gets: usize,
-    /// Connected clients.
-    pub clients: usize,
-    /// Objects whose bytes are in the external store.
-    pub evicted_to_external: usize,
 }
 
 /// The object store.
@@ -280,9 +276,9 @@ pub struct Store {
     capacity: u64,
     max_pending_gets: usize,
     segment: Segment,
+    /// The segment's allocator; its `allocated_bytes()` (data + metadata of the objects in
+    /// memory) is what `capacity` bounds.
     arena: Arena,
-    /// Sum of data + metadata sizes of objects in memory (what `capacity` bounds).
-    allocated: u64,
     objects: ObjectTable,
     clients: HashMap<ClientId, ClientState>,
     gets: HashMap<u64, PendingGet>,
@@ -341,7 +337,6 @@ impl Store {
             max_pending_gets: config.max_pending_gets,
             segment,
             arena,
-            allocated: 0,
             objects: ObjectTable::default(),
             clients: HashMap::new(),
             gets: HashMap::new(),
@@ -355,11 +350,6 @@ impl Store {
             pinned_bytes: 0,
             owned_pinned: 0,
         })
-    }
-
-    /// The `-m` capacity.
-    pub fn capacity(&self) -> u64 {
-        self.capacity
     }
 
     /// The shared-memory segment with this id, to send its fd.
@@ -376,15 +366,9 @@ impl Store {
     pub fn stats(&self) -> Stats {
         Stats {
             objects: self.objects.len(),
-            allocated: self.allocated,
+            allocated: self.arena.allocated_bytes(),
             references: self.objects.values().map(|o| u64::from(o.ref_count)).sum(),
             pending_gets: self.gets.len(),
-            clients: self.clients.len(),
-            evicted_to_external: self
-                .objects
-                .values()
-                .filter(|o| o.state == State::Evicted)
-                .count(),
         }
     }
 
@@ -750,10 +734,9 @@ impl Store {
         }
         let mut kept = Vec::new();
         let found = loop {
-            if self.allocated + size <= self.capacity
+            if self.arena.allocated_bytes() + size <= self.capacity
                 && let Some(offset) = self.arena.alloc(size)
             {
-                self.allocated += size;
                 break Some(offset);
             }
             if !evict_if_full {
@@ -761,7 +744,7 @@ impl Store {
             }
             // As the original: free what is missing, but at least a fifth of the capacity, so
             // that a run of creates does not evict one object at a time.
-            let required = (self.allocated + size).saturating_sub(self.capacity);
+            let required = (self.arena.allocated_bytes() + size).saturating_sub(self.capacity);
             let target = required.max(self.capacity / 5);
             let victims = choose_victims(&mut self.lru, &mut self.objects, target);
             info!(
@@ -769,7 +752,7 @@ impl Store {
                  up {} bytes; {} bytes are in use",
                 victims.len(),
                 victims.iter().map(|v| v.1).sum::<u64>(),
-                self.allocated
+                self.arena.allocated_bytes()
             );
             let freed = self.evict_objects(&victims, out);
             kept.extend(
@@ -798,32 +781,27 @@ impl Store {
     fn evict_objects(&mut self, victims: &[(ObjectId, u64)], out: &mut impl Sink) -> u64 {
         let mut freed = 0;
         for &(id, size) in victims {
-            if self.external.is_none() {
+            let Some(external) = self.external.as_mut() else {
                 self.delete_now(id, out);
                 freed += size;
                 continue;
-            }
-            let Some(o) = self.objects.get(&id) else {
+            };
+            let Some(o) = self.objects.get_mut(&id) else {
                 continue;
             };
             let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
-            let copied = self.segment.read(o.offset, &mut bytes);
-            let stored = copied.and_then(|()| match self.external.as_mut() {
-                Some(e) => e.put(id, &bytes),
-                None => Ok(()),
-            });
+            let stored = self
+                .segment
+                .read(o.offset, &mut bytes)
+                .and_then(|()| external.put(id, &bytes));
             if let Err(e) = stored {
                 error!("cannot evict {id} to the external store, keeping it in memory: {e}");
                 continue;
             }
-            let offset = o.offset;
-            if let Err(e) = self.arena.free(offset) {
-                warn!("freeing {id} at {offset}: {e}");
+            if let Err(e) = self.arena.free(o.offset) {
+                warn!("freeing {id} at {}: {e}", o.offset);
             }
-            self.allocated = self.allocated.saturating_sub(size);
-            if let Some(o) = self.objects.get_mut(&id) {
-                o.state = State::Evicted;
-            }
+            o.state = State::Evicted;
             freed += size;
         }
         freed
@@ -840,8 +818,7 @@ impl Store {
             Some(Ok(b)) => b,
             Some(Err(e)) => {
                 error!("the external store lost {id}: {e}; the object is gone");
-                self.remove_object(id);
-                out.notify(&[deletion_info(id)]);
+                self.delete_now(id, out);
                 return false;
             }
             None => return false,
@@ -850,8 +827,7 @@ impl Store {
             warn!("no memory to restore {id} from the external store");
             if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, &bytes)) {
                 error!("cannot put {id} back into the external store: {e}; the object is gone");
-                self.remove_object(id);
-                out.notify(&[deletion_info(id)]);
+                self.delete_now(id, out);
             }
             return false;
         };
@@ -1145,13 +1121,21 @@ impl Store {
         if o.ref_count > 0 {
             o.ref_count -= 1;
             if o.ref_count == 0 {
-                self.pinned_bytes = self.pinned_bytes.saturating_sub(o.size());
-                if o.owner.is_some() {
-                    self.owned_pinned = self.owned_pinned.saturating_sub(1);
-                }
+                let (size, owned) = (o.size(), o.owner.is_some());
+                self.unpin(size, owned);
+                return Some(0);
             }
         }
         Some(o.ref_count)
+    }
+
+    /// Takes an object that is no longer held (or no longer exists) out of the pinned
+    /// counters.
+    fn unpin(&mut self, size: u64, owned: bool) {
+        self.pinned_bytes = self.pinned_bytes.saturating_sub(size);
+        if owned {
+            self.owned_pinned = self.owned_pinned.saturating_sub(1);
+        }
     }
 
     /// Ends a quota client's ownership of an object.
@@ -1207,16 +1191,8 @@ impl Store {
         let Some(o) = self.objects.get_mut(&object_id) else {
             return;
         };
-        let lru = match o.owner {
-            Some(c) => match self
-                .clients
-                .get_mut(&(c as ClientId))
-                .and_then(|c| c.quota.as_mut())
-            {
-                Some(q) => &mut q.lru,
-                None => return,
-            },
-            None => &mut self.lru,
+        let Some(lru) = list_of(&mut self.lru, &mut self.clients, o.owner) else {
+            return;
         };
         let seq = self.next_lru;
         self.next_lru += 1;
@@ -1233,16 +1209,8 @@ impl Store {
         let Some(seq) = o.lru_seq.take() else {
             return false;
         };
-        let lru = match o.owner {
-            Some(c) => match self
-                .clients
-                .get_mut(&(c as ClientId))
-                .and_then(|c| c.quota.as_mut())
-            {
-                Some(q) => &mut q.lru,
-                None => return true,
-            },
-            None => &mut self.lru,
+        let Some(lru) = list_of(&mut self.lru, &mut self.clients, o.owner) else {
+            return true;
         };
         lru.order.remove(&seq);
         lru.bytes = lru.bytes.saturating_sub(o.size());
@@ -1280,10 +1248,7 @@ impl Store {
             return false;
         };
         if o.ref_count > 0 {
-            self.pinned_bytes = self.pinned_bytes.saturating_sub(o.size());
-            if o.owner.is_some() {
-                self.owned_pinned = self.owned_pinned.saturating_sub(1);
-            }
+            self.unpin(o.size(), o.owner.is_some());
         }
         self.deferred_deletes.remove(&object_id);
         if o.state == State::Evicted {
@@ -1295,7 +1260,6 @@ impl Store {
         if let Err(e) = self.arena.free(o.offset) {
             warn!("freeing {object_id} at {}: {e}", o.offset);
         }
-        self.allocated = self.allocated.saturating_sub(o.size());
         true
     }
 
@@ -1357,7 +1321,7 @@ impl Store {
             "num clients with quota: {}\nquota map size: {owned}\npinned quota map size: \
              {owned_pinned}\nallocated bytes: {}\nallocation limit: {}\npinned bytes: {pinned}\n",
             quota_clients.len(),
-            self.allocated,
+            self.arena.allocated_bytes(),
             self.capacity
         );
         s += &lru_report(
@@ -1402,8 +1366,7 @@ impl Store {
             .filter(|o| o.state != State::Evicted)
             .map(Object::size)
             .sum();
-        assert_eq!(self.allocated, allocated, "allocated");
-        assert_eq!(self.arena.allocated_bytes(), allocated, "arena");
+        assert_eq!(self.arena.allocated_bytes(), allocated, "allocated");
         let refs: usize = self.clients.values().map(|c| c.refs.len()).sum();
         assert_eq!(self.stats().references, refs as u64, "references");
         let lru_bytes: u64 = self
@@ -1415,6 +1378,22 @@ impl Store {
             .map(Object::size)
             .sum();
         assert_eq!(self.lru.bytes, lru_bytes, "global lru bytes");
+    }
+}
+
+/// The list an object belongs in: its quota owner's, or the global one. `None` if the owner
+/// is gone (its objects were handed to the global list at its disconnect).
+fn list_of<'a>(
+    global: &'a mut Lru,
+    clients: &'a mut HashMap<ClientId, ClientState>,
+    owner: Option<u32>,
+) -> Option<&'a mut Lru> {
+    match owner {
+        None => Some(global),
+        Some(c) => clients
+            .get_mut(&(c as ClientId))
+            .and_then(|c| c.quota.as_mut())
+            .map(|q| &mut q.lru),
     }
 }
 
