@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
@@ -88,8 +89,9 @@ impl ServerConfig {
 /// A subscriber's notification socket and its queue.
 struct Subscriber {
     sock: UnixStream,
-    /// Encoded notifications (length prefix included), oldest first.
-    queue: VecDeque<Vec<u8>>,
+    /// Encoded notifications (length prefix included), oldest first; one buffer per
+    /// notification, shared by every subscriber's queue.
+    queue: VecDeque<Rc<[u8]>>,
     /// Bytes of the front message already sent.
     sent: usize,
     queued_bytes: usize,
@@ -191,7 +193,7 @@ impl Sink for Outbox<'_> {
     }
 
     fn notify(&mut self, infos: &[ObjectInfo]) {
-        let mut encoded = false;
+        let mut encoded: Option<Rc<[u8]>> = None;
         for &key in self.subscribers {
             let Some(s) = self.conns.get_mut(key).and_then(|c| c.subscriber.as_mut()) else {
                 continue;
@@ -199,19 +201,18 @@ impl Sink for Outbox<'_> {
             if s.overflowed {
                 continue;
             }
-            if !encoded {
+            let msg = encoded.get_or_insert_with(|| {
                 self.scratch.clear();
                 self.enc.notification(infos, self.scratch);
-                encoded = true;
-            }
-            if s.queued_bytes + self.scratch.len() > self.max_notification_bytes {
+                Rc::from(&self.scratch[..])
+            });
+            *self.notified = true;
+            if s.queued_bytes + msg.len() > self.max_notification_bytes {
                 s.overflowed = true;
-                *self.notified = true;
                 continue;
             }
-            s.queued_bytes += self.scratch.len();
-            s.queue.push_back(self.scratch.clone());
-            *self.notified = true;
+            s.queued_bytes += msg.len();
+            s.queue.push_back(Rc::clone(msg));
         }
     }
 }
@@ -442,8 +443,7 @@ impl Server {
         for key in std::mem::take(&mut self.unread) {
             self.on_readable(key, true);
         }
-        let ready: Vec<usize> = self.ready.drain(..).collect();
-        for key in ready {
+        for key in std::mem::take(&mut self.ready) {
             self.process(key);
         }
         let now = Instant::now();
@@ -746,10 +746,11 @@ impl Server {
             registered: false,
         };
         for info in self.store.sealed_infos() {
-            let mut msg = Vec::new();
-            self.enc.notification(std::slice::from_ref(&info), &mut msg);
-            s.queued_bytes += msg.len();
-            s.queue.push_back(msg);
+            self.scratch.clear();
+            self.enc
+                .notification(std::slice::from_ref(&info), &mut self.scratch);
+            s.queued_bytes += self.scratch.len();
+            s.queue.push_back(Rc::from(&self.scratch[..]));
         }
         debug!(
             "client {key} subscribed; {} sealed objects queued",
