@@ -56,45 +56,8 @@ fn oid(n: u8) -> ObjectId {
     ObjectId([n; 20])
 }
 
-fn put(c: &mut Raw, id: ObjectId, data: &[u8]) {
-    let r = c.call(&Request::CreateAndSeal {
-        object_id: id,
-        evict_if_full: true,
-        data: data.to_vec(),
-        metadata: vec![],
-        digest: [0; 8],
-    });
-    assert_eq!(
-        r,
-        Reply::CreateAndSeal {
-            error: PlasmaError::Ok
-        }
-    );
-}
-
-fn list(c: &mut Raw) -> Vec<ObjectInfo> {
-    match c.call(&Request::List) {
-        Reply::List { mut objects } => {
-            objects.sort_by_key(|o| o.object_id);
-            objects
-        }
-        r => panic!("List got {r:?}"),
-    }
-}
-
 fn find(c: &mut Raw, id: ObjectId) -> Option<ObjectInfo> {
-    list(c).into_iter().find(|o| o.object_id == id)
-}
-
-fn allocated(c: &mut Raw) -> u64 {
-    let Reply::DebugString { debug_string } = c.call(&Request::GetDebugString) else {
-        panic!("debug string")
-    };
-    debug_string
-        .lines()
-        .find_map(|l| l.strip_prefix("allocated bytes: "))
-        .and_then(|v| v.parse().ok())
-        .expect("allocated bytes line")
+    c.list().into_iter().find(|o| o.object_id == id)
 }
 
 fn kept_size(k: &Kept) -> u64 {
@@ -423,7 +386,7 @@ fn flatbuffers_with_offsets_out_of_bounds_close_the_connection() {
         }
     }
     let mut c = d.raw();
-    assert_eq!(list(&mut c).len(), 1, "nothing was created or deleted");
+    assert_eq!(c.list().len(), 1, "nothing was created or deleted");
     assert_survived(&mut d, &kept);
 }
 
@@ -530,7 +493,7 @@ fn requests_missing_required_fields_close_the_connection() {
         );
     }
     let mut c = d.raw();
-    assert_eq!(list(&mut c).len(), 1, "nothing was created");
+    assert_eq!(c.list().len(), 1, "nothing was created");
     assert_survived(&mut d, &kept);
 }
 
@@ -612,7 +575,7 @@ fn object_ids_of_the_wrong_length_close_the_connection() {
         }
     }
     let mut c = d.raw();
-    assert_eq!(list(&mut c).len(), 1, "nothing was created");
+    assert_eq!(c.list().len(), 1, "nothing was created");
     assert_survived(&mut d, &kept);
 }
 
@@ -715,7 +678,7 @@ fn digests_of_the_wrong_size_and_mismatched_batches_close_the_connection() {
         assert_eq!(probe_frame(&d, t, &body), Probe::Closed(vec![]), "{what}");
     }
     let mut c = d.raw();
-    let objects = list(&mut c);
+    let objects = c.list();
     assert_eq!(objects.len(), 1, "nothing was created");
     assert_ne!(
         objects[0].digest,
@@ -771,8 +734,8 @@ fn absurd_creates_are_out_of_memory_without_an_fd() {
         // No fd follows a refused create: the next reply comes straight after.
         assert_eq!(c.probe(), Probe::Alive(vec![]), "{what}");
     }
-    assert_eq!(list(&mut c).len(), 1, "nothing was created");
-    assert_eq!(allocated(&mut c), kept_size(&kept), "nothing is allocated");
+    assert_eq!(c.list().len(), 1, "nothing was created");
+    assert_eq!(c.allocated(), kept_size(&kept), "nothing is allocated");
     assert_survived(&mut d, &kept);
 }
 
@@ -971,7 +934,7 @@ fn extreme_get_timeouts() {
         assert_eq!(objects, vec![None], "timeout {timeout_ms}");
     }
     assert_survived(&mut d, &kept);
-    put(&mut c, oid(1), b"at last");
+    c.put(oid(1), b"at last");
     for mut w in waiters {
         let Reply::Get { objects, .. } = w.reply() else {
             panic!("get")
@@ -1095,7 +1058,7 @@ fn a_second_subscribe_on_one_connection_keeps_the_first() {
     fdpass::send_fd(&c.sock, theirs.as_fd()).expect("send fd");
     drop(theirs);
     assert_eq!(c.probe(), Probe::Alive(vec![]), "framing survived");
-    put(&mut c, oid(1), b"new");
+    c.put(oid(1), b"new");
     assert_eq!(
         read_notification(&first).expect("kept")[0].object_id,
         kept.id
@@ -1124,7 +1087,7 @@ fn a_subscriber_that_never_reads_its_blocking_socket() {
     for i in 0..4000u32 {
         let mut id = [0u8; 20];
         id[..4].copy_from_slice(&i.to_le_bytes());
-        put(&mut c, ObjectId(id), b"");
+        c.put(ObjectId(id), b"");
         assert!(matches!(
             c.call(&Request::Delete {
                 object_ids: vec![ObjectId(id)]
@@ -1166,7 +1129,7 @@ fn a_subscribe_fd_that_is_not_a_socket() {
         let mut c = d.raw();
         c.send(&Request::Subscribe).expect("send");
         fdpass::send_fd(&c.sock, fd).expect("send fd");
-        put(&mut c, oid(1), b"x");
+        c.put(oid(1), b"x");
         assert!(matches!(
             c.call(&Request::Delete {
                 object_ids: vec![oid(1)]
@@ -1311,7 +1274,7 @@ fn a_client_that_never_reads_its_replies() {
     let (mut d, kept) = start_with(&["--max-queued-bytes", "1MiB"]);
     let mut c = d.raw();
     for i in 0..50 {
-        put(&mut c, oid(i), &[i; 1000]);
+        c.put(oid(i), &[i; 1000]);
     }
     let baseline = d.settled_fds();
     let rss_before = rss_kib(&d);
@@ -1329,7 +1292,7 @@ fn a_client_that_never_reads_its_replies() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(sent > 0);
     assert_survived(&mut d, &kept);
-    assert_eq!(list(&mut c).len(), 51);
+    assert_eq!(c.list().len(), 51);
     let growth = rss_kib(&d).saturating_sub(rss_before);
     assert!(
         growth < 64 << 10,
@@ -1349,7 +1312,7 @@ fn a_client_that_half_closes_after_pipelining_gets_every_reply() {
     let (mut d, kept) = start_with(&["--max-queued-bytes", "256KiB"]);
     let mut c = d.raw();
     for i in 0..50 {
-        put(&mut c, oid(i), &[i; 100]);
+        c.put(oid(i), &[i; 100]);
     }
     let mut slow = d.raw();
     let mut bytes = Vec::new();
@@ -1416,11 +1379,11 @@ fn pipelined_gets_then_disconnect() {
     assert_survived(&mut d, &kept);
     let mut c = d.raw();
     for i in 1..=3 {
-        put(&mut c, oid(i), &[i; 10]);
+        c.put(oid(i), &[i; 10]);
     }
     assert_eq!(c.probe(), Probe::Alive(vec![]));
     eventually("no reference of the gone client to remain", || {
-        list(&mut c).iter().all(|o| o.ref_count == 0)
+        c.list().iter().all(|o| o.ref_count == 0)
     });
     assert_survived(&mut d, &kept);
 }
@@ -1436,7 +1399,7 @@ fn a_get_listing_a_missing_id_twice_then_sealed() {
     .expect("send");
     std::thread::sleep(Duration::from_millis(50));
     let mut c = d.raw();
-    put(&mut c, oid(1), b"twice");
+    c.put(oid(1), b"twice");
     let Reply::Get {
         object_ids,
         objects,
@@ -1455,7 +1418,7 @@ fn a_get_listing_a_missing_id_twice_then_sealed() {
     );
     drop(w);
     eventually("the waiter's references to go", || {
-        list(&mut c).iter().all(|o| o.ref_count == 0)
+        c.list().iter().all(|o| o.ref_count == 0)
     });
     assert_survived(&mut d, &kept);
 }
@@ -1556,10 +1519,10 @@ fn a_client_killed_mid_create() {
     eventually("the unsealed object to be aborted", || {
         find(&mut c, oid(0xc0)).is_none()
     });
-    assert_eq!(allocated(&mut c), kept_size(&kept));
+    assert_eq!(c.allocated(), kept_size(&kept));
     assert_survived(&mut d, &kept);
     // The id is free again, and the get waiting for it is answered by its new object.
-    put(&mut c, oid(0xc0), b"second life");
+    c.put(oid(0xc0), b"second life");
     let Reply::Get { objects, .. } = waiter.reply() else {
         panic!("get")
     };
@@ -1580,7 +1543,7 @@ fn a_client_killed_while_blocked_in_get() {
         find(&mut c, kept.id).expect("kept").ref_count == 0
     });
     // Sealing what it waited for reaches nobody and breaks nothing.
-    put(&mut c, oid(0xd0), b"late");
+    c.put(oid(0xd0), b"late");
     assert_eq!(find(&mut c, oid(0xd0)).expect("sealed").ref_count, 0);
     assert_survived(&mut d, &kept);
 }
@@ -1627,7 +1590,7 @@ fn a_seeded_random_byte_stream() {
     eprintln!("{total} noise bytes over {conns} connections, {framed_total} framed");
     assert_survived(&mut d, &kept);
     let mut c = d.raw();
-    assert_eq!(list(&mut c).len(), 1);
+    assert_eq!(c.list().len(), 1);
     drop(c);
     d.assert_fds_return_to(baseline);
 }

@@ -4,203 +4,22 @@
 //! store over raw sockets with the crate's protocol module, so they see exactly what is on
 //! the wire.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::raw::{Daemon, Raw};
 use plasma_store::fdpass;
 use plasma_store::protocol::{
-    Encoder, FrameDecoder, HEADER_LEN, MessageType, ObjectId, ObjectInfo, PlasmaError, Reply,
-    Request, decode_notification, decode_reply,
+    Encoder, HEADER_LEN, MessageType, ObjectId, PlasmaError, Reply, Request, decode_notification,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_plasma_store");
-
-/// A daemon on a socket in its own temporary directory, stopped (SIGTERM) on drop.
-struct Daemon {
-    child: Child,
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-}
-
-impl Daemon {
-    fn start(extra: &[&str]) -> Daemon {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sock = dir.path().join("plasma.sock");
-        let child = Command::new(BIN)
-            .args(["-m", "10000000", "-s"])
-            .arg(&sock)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .spawn()
-            .expect("spawn plasma_store");
-        let d = Daemon { child, dir, sock };
-        d.wait_ready();
-        d
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while UnixStream::connect(&self.sock).is_err() {
-            assert!(Instant::now() < deadline, "the store did not come up");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn client(&self) -> Raw {
-        Raw::connect(&self.sock)
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// SIGTERM, then the exit status.
-    fn stop(&mut self) -> std::process::ExitStatus {
-        signal(&self.child, nix::sys::signal::Signal::SIGTERM);
-        wait_timeout(&mut self.child, Duration::from_secs(5)).expect("the store did not stop")
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(child: &Child, sig: nix::sys::signal::Signal) {
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    nix::sys::signal::kill(pid, sig).expect("kill");
-}
-
-fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return Some(s);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A raw protocol client.
-struct Raw {
-    sock: UnixStream,
-    enc: Encoder,
-    dec: FrameDecoder,
-}
-
-impl Raw {
-    fn connect(path: &Path) -> Raw {
-        let sock = UnixStream::connect(path).expect("connect");
-        sock.set_read_timeout(Some(Duration::from_secs(10)))
-            .expect("timeout");
-        Raw {
-            sock,
-            enc: Encoder::new(),
-            dec: FrameDecoder::new(1 << 30),
-        }
-    }
-
-    fn send(&mut self, req: &Request) {
-        let mut buf = Vec::new();
-        self.enc.request(req, &mut buf);
-        self.sock.write_all(&buf).expect("send");
-    }
-
-    fn recv(&mut self) -> Reply {
-        loop {
-            if let Some(f) = self.dec.next_frame().expect("framing") {
-                return decode_reply(f.msg_type, f.body).expect("decode");
-            }
-            // Exactly what the frame needs: reading further could swallow the byte that
-            // carries a segment fd (and with it the fd), as with the original client.
-            let mut buf = vec![0u8; self.dec.wanted()];
-            let n = match self.sock.read(&mut buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                r => r.expect("read"),
-            };
-            assert!(n > 0, "the store closed the connection");
-            self.dec.extend(&buf[..n]);
-        }
-    }
-
-    fn call(&mut self, req: &Request) -> Reply {
-        self.send(req);
-        self.recv()
-    }
-
-    /// Create, then take the segment fd that follows the first successful create.
-    fn create(&mut self, id: ObjectId, size: u64, first: bool) -> Reply {
-        let r = self.call(&Request::Create {
-            object_id: id,
-            evict_if_full: true,
-            data_size: size,
-            metadata_size: 0,
-            device_num: 0,
-        });
-        if first
-            && matches!(
-                r,
-                Reply::Create {
-                    error: PlasmaError::Ok,
-                    ..
-                }
-            )
-        {
-            fdpass::recv_fd(&self.sock).expect("segment fd");
-        }
-        r
-    }
-
-    fn put(&mut self, id: ObjectId, data: &[u8]) {
-        let r = self.call(&Request::CreateAndSeal {
-            object_id: id,
-            evict_if_full: true,
-            data: data.to_vec(),
-            metadata: vec![],
-            digest: [0; 8],
-        });
-        assert_eq!(
-            r,
-            Reply::CreateAndSeal {
-                error: PlasmaError::Ok
-            }
-        );
-    }
-
-    fn list(&mut self) -> Vec<ObjectInfo> {
-        match self.call(&Request::List) {
-            Reply::List { mut objects } => {
-                objects.sort_by_key(|o| o.object_id);
-                objects
-            }
-            r => panic!("{r:?}"),
-        }
-    }
-
-    fn allocated(&mut self) -> u64 {
-        let Reply::DebugString { debug_string } = self.call(&Request::GetDebugString) else {
-            panic!("debug string")
-        };
-        debug_string
-            .lines()
-            .find_map(|l| l.strip_prefix("allocated bytes: "))
-            .and_then(|v| v.parse().ok())
-            .expect("allocated bytes line")
-    }
-
-    fn send_raw(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).expect("send");
-    }
-}
 
 fn oid(n: u8) -> ObjectId {
     ObjectId([n; 20])
@@ -210,7 +29,7 @@ fn oid(n: u8) -> ObjectId {
 fn assert_serving(d: &mut Daemon) {
     assert!(d.alive(), "the store died");
     let start = Instant::now();
-    let mut c = d.client();
+    let mut c = d.raw();
     assert!(matches!(
         c.call(&Request::Connect),
         Reply::Connect {
@@ -251,22 +70,22 @@ fn sigterm_and_sigint_stop_cleanly_and_remove_the_socket() {
         nix::sys::signal::Signal::SIGTERM,
         nix::sys::signal::Signal::SIGINT,
     ] {
-        let mut d = Daemon::start(&[]);
-        let mut c = d.client();
+        let mut d = Daemon::start(10_000_000, &[]);
+        let mut c = d.raw();
         c.put(oid(1), b"x");
-        signal(&d.child, sig);
-        let status = wait_timeout(&mut d.child, Duration::from_secs(5)).expect("stopped");
+        d.signal(sig);
+        let status = d.wait_exit(Duration::from_secs(5)).expect("stopped");
         assert!(status.success(), "{sig:?}: {status:?}");
-        assert!(!d.sock.exists(), "{sig:?} left the socket behind");
+        assert!(!d.socket.exists(), "{sig:?} left the socket behind");
     }
 }
 
 #[test]
 fn refuses_a_live_socket_and_replaces_a_stale_one() {
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(10_000_000, &[]);
     let out = Command::new(BIN)
         .args(["-m", "1000", "-s"])
-        .arg(&d.sock)
+        .arg(&d.socket)
         .output()
         .expect("run");
     assert_eq!(out.status.code(), Some(1));
@@ -274,7 +93,7 @@ fn refuses_a_live_socket_and_replaces_a_stale_one() {
     assert_serving(&mut d);
 
     // A socket file nobody serves (as a killed store leaves behind) is replaced.
-    let stale = d.dir.path().join("stale.sock");
+    let stale = d.dir().join("stale.sock");
     drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
     let mut child = Command::new(BIN)
         .args(["-m", "1000", "-s"])
@@ -293,13 +112,16 @@ fn refuses_a_live_socket_and_replaces_a_stale_one() {
 #[test]
 fn directory_segment_leaves_nothing_behind_and_sizes_take_units() {
     let shm = tempfile::tempdir().expect("tempdir");
-    let mut d = Daemon::start(&["-d", shm.path().to_str().expect("utf-8"), "-m", "4MiB"]);
-    let mut c = d.client();
+    let mut d = Daemon::start(
+        10_000_000,
+        &["-d", shm.path().to_str().expect("utf-8"), "-m", "4MiB"],
+    );
+    let mut c = d.raw();
     let Reply::Connect { memory_capacity } = c.call(&Request::Connect) else {
         panic!()
     };
     assert_eq!(memory_capacity, 4 << 20);
-    c.create(oid(1), 1000, true);
+    c.create(oid(1), 1000);
     assert_eq!(std::fs::read_dir(shm.path()).expect("read_dir").count(), 0);
     assert!(d.stop().success());
 }
@@ -307,8 +129,8 @@ fn directory_segment_leaves_nothing_behind_and_sizes_take_units() {
 #[test]
 fn the_socket_is_owner_only() {
     use std::os::unix::fs::PermissionsExt;
-    let d = Daemon::start(&[]);
-    let mode = std::fs::metadata(&d.sock)
+    let d = Daemon::start(10_000_000, &[]);
+    let mode = std::fs::metadata(&d.socket)
         .expect("stat")
         .permissions()
         .mode();
@@ -325,15 +147,17 @@ fn child_client_entry() {
         return;
     };
     let sock = std::env::var("PLASMA_SOCK").expect("PLASMA_SOCK");
-    let mut c = Raw::connect(Path::new(&sock));
+    let mut c = Raw::connect(Path::new(&sock)).expect("connect");
     match mode.as_str() {
         "create" => {
-            c.create(oid(1), 4096, true);
+            c.create(oid(1), 4096);
         }
-        "get" => c.send(&Request::Get {
-            object_ids: vec![oid(2), oid(3)],
-            timeout_ms: -1,
-        }),
+        "get" => c
+            .send(&Request::Get {
+                object_ids: vec![oid(2), oid(3)],
+                timeout_ms: -1,
+            })
+            .expect("send"),
         _ => panic!("unknown mode {mode}"),
     }
     println!("ready");
@@ -349,7 +173,7 @@ fn spawn_child(d: &Daemon, mode: &str) -> Child {
             "--test-threads=1",
         ])
         .env("PLASMA_CHILD", mode)
-        .env("PLASMA_SOCK", &d.sock)
+        .env("PLASMA_SOCK", &d.socket)
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn child");
@@ -375,8 +199,8 @@ fn kill9(mut child: Child) {
 
 #[test]
 fn a_client_killed_mid_create_leaves_nothing() {
-    let mut d = Daemon::start(&[]);
-    let mut c = d.client();
+    let mut d = Daemon::start(10_000_000, &[]);
+    let mut c = d.raw();
     let child = spawn_child(&d, "create");
     assert_eq!(c.list().len(), 1);
     assert_eq!(c.allocated(), 4096);
@@ -392,7 +216,7 @@ fn a_client_killed_mid_create_leaves_nothing() {
     assert_eq!(c.allocated(), 0);
     // The id is free again.
     assert!(matches!(
-        c.create(oid(1), 10, true),
+        c.create(oid(1), 10),
         Reply::Create {
             error: PlasmaError::Ok,
             ..
@@ -403,8 +227,8 @@ fn a_client_killed_mid_create_leaves_nothing() {
 
 #[test]
 fn a_client_killed_while_blocked_in_get_leaves_no_reference_or_waiter() {
-    let mut d = Daemon::start(&[]);
-    let mut c = d.client();
+    let mut d = Daemon::start(10_000_000, &[]);
+    let mut c = d.raw();
     let child = spawn_child(&d, "get");
     c.put(oid(2), b"two");
     kill9(child);
@@ -427,28 +251,33 @@ fn a_client_killed_while_blocked_in_get_leaves_no_reference_or_waiter() {
 fn pipelined_and_duplicate_gets_then_disconnect() {
     // The reference aborts on a disconnect with two pending gets, and on a seal awaited by a
     // get that lists the id twice.
-    let mut d = Daemon::start(&[]);
-    let mut waiter = d.client();
-    waiter.send(&Request::Get {
-        object_ids: vec![oid(1), oid(1)],
-        timeout_ms: -1,
-    });
-    waiter.send(&Request::Get {
-        object_ids: vec![oid(2)],
-        timeout_ms: -1,
-    });
-    waiter.send(&Request::Get {
-        object_ids: vec![oid(3)],
-        timeout_ms: 100_000,
-    });
-    let mut c = d.client();
+    let mut d = Daemon::start(10_000_000, &[]);
+    let mut waiter = d.raw();
+    waiter
+        .send(&Request::Get {
+            object_ids: vec![oid(1), oid(1)],
+            timeout_ms: -1,
+        })
+        .expect("send");
+    waiter
+        .send(&Request::Get {
+            object_ids: vec![oid(2)],
+            timeout_ms: -1,
+        })
+        .expect("send");
+    waiter
+        .send(&Request::Get {
+            object_ids: vec![oid(3)],
+            timeout_ms: 100_000,
+        })
+        .expect("send");
+    let mut c = d.raw();
     c.put(oid(1), b"one");
-    let Reply::Get { objects, .. } = waiter.recv() else {
+    let Reply::Get { objects, .. } = waiter.reply() else {
         panic!()
     };
     assert_eq!(objects.len(), 2);
     assert!(objects.iter().all(|o| o.is_some_and(|o| o.data_size == 3)));
-    fdpass::recv_fd(&waiter.sock).expect("segment fd");
     assert_eq!(
         c.list()[0].ref_count,
         1,
@@ -462,28 +291,28 @@ fn pipelined_and_duplicate_gets_then_disconnect() {
 
 #[test]
 fn a_half_sent_frame_does_not_stall_other_clients() {
-    let mut d = Daemon::start(&[]);
-    let mut slow = d.client();
+    let mut d = Daemon::start(10_000_000, &[]);
+    let mut slow = d.raw();
     let mut frame = Vec::new();
     Encoder::new().request(&Request::List, &mut frame);
-    slow.send_raw(&frame[..10]);
+    slow.send_raw(&frame[..10]).expect("send");
     let start = Instant::now();
     assert_serving(&mut d);
     assert!(start.elapsed() < Duration::from_secs(1));
     // The slow client's frame completes later and is answered.
-    slow.send_raw(&frame[10..]);
-    assert!(matches!(slow.recv(), Reply::List { .. }));
+    slow.send_raw(&frame[10..]).expect("send");
+    assert!(matches!(slow.reply(), Reply::List { .. }));
 }
 
 #[test]
 fn a_bad_frame_costs_only_its_connection() {
-    let mut d = Daemon::start(&[]);
-    let mut good = d.client();
+    let mut d = Daemon::start(10_000_000, &[]);
+    let mut good = d.raw();
     good.put(oid(1), b"kept");
-    let mut bad = d.client();
+    let mut bad = d.raw();
     let mut h = [0u8; HEADER_LEN];
     h[0] = 1; // version 1
-    bad.send_raw(&h);
+    bad.send_raw(&h).expect("send");
     let mut buf = [0u8; 8];
     assert_eq!(bad.sock.read(&mut buf).expect("read"), 0, "closed");
     assert_serving(&mut d);
@@ -492,11 +321,11 @@ fn a_bad_frame_costs_only_its_connection() {
 
 #[test]
 fn subscribe_pushes_sealed_objects_then_seals_and_deletions() {
-    let mut d = Daemon::start(&[]);
-    let mut c = d.client();
+    let mut d = Daemon::start(10_000_000, &[]);
+    let mut c = d.raw();
     c.put(oid(1), b"one");
     let (mine, theirs) = UnixStream::pair().expect("pair");
-    c.send(&Request::Subscribe);
+    c.send(&Request::Subscribe).expect("send");
     fdpass::send_fd(&c.sock, theirs.as_fd()).expect("send fd");
     drop(theirs);
     c.put(oid(2), b"two!");
@@ -529,7 +358,7 @@ fn subscribe_pushes_sealed_objects_then_seals_and_deletions() {
     assert_eq!((n[0].object_id, n[0].is_deletion), (oid(1), true));
     // A second subscribe on the same connection does not break its framing.
     let (_m2, t2) = UnixStream::pair().expect("pair");
-    c.send(&Request::Subscribe);
+    c.send(&Request::Subscribe).expect("send");
     fdpass::send_fd(&c.sock, t2.as_fd()).expect("send fd");
     assert_eq!(c.list().len(), 1);
     assert_serving(&mut d);
@@ -537,13 +366,13 @@ fn subscribe_pushes_sealed_objects_then_seals_and_deletions() {
 
 #[test]
 fn a_subscriber_that_never_reads_is_dropped_without_blocking_the_store() {
-    let mut d = Daemon::start(&["--max-notification-bytes", "64KiB"]);
-    let mut sub = d.client();
+    let mut d = Daemon::start(10_000_000, &["--max-notification-bytes", "64KiB"]);
+    let mut sub = d.raw();
     let (mine, theirs) = UnixStream::pair().expect("pair");
-    sub.send(&Request::Subscribe);
+    sub.send(&Request::Subscribe).expect("send");
     fdpass::send_fd(&sub.sock, theirs.as_fd()).expect("send fd");
     drop(theirs);
-    let mut c = d.client();
+    let mut c = d.raw();
     // Far more notifications than the socket buffer and the queue hold.
     let start = Instant::now();
     for i in 0..4000u32 {
@@ -581,12 +410,12 @@ fn a_subscriber_that_never_reads_is_dropped_without_blocking_the_store() {
 
 #[test]
 fn a_client_that_never_reads_replies_does_not_block_others() {
-    let mut d = Daemon::start(&["--max-queued-bytes", "1MiB"]);
-    let mut c = d.client();
+    let mut d = Daemon::start(10_000_000, &["--max-queued-bytes", "1MiB"]);
+    let mut c = d.raw();
     for i in 0..50 {
         c.put(oid(i), &[0u8; 1000]);
     }
-    let mut flood = d.client();
+    let mut flood = d.raw();
     let mut frame = Vec::new();
     Encoder::new().request(&Request::List, &mut frame);
     // Each List reply is several KiB: 2000 of them overflow every buffer on the way.
@@ -605,12 +434,12 @@ fn a_client_that_never_reads_replies_does_not_block_others() {
 
 #[test]
 fn unknown_and_reply_types_close_the_connection() {
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(10_000_000, &[]);
     for t in [2i64, 24 + 1, 99, -1, MessageType::GetReply as i64] {
-        let mut c = d.client();
+        let mut c = d.raw();
         let mut h = [0u8; HEADER_LEN];
         h[8..16].copy_from_slice(&t.to_le_bytes());
-        c.send_raw(&h);
+        c.send_raw(&h).expect("send");
         let mut buf = [0u8; 8];
         assert_eq!(c.sock.read(&mut buf).expect("read"), 0, "type {t}");
     }
@@ -621,9 +450,9 @@ fn unknown_and_reply_types_close_the_connection() {
 fn requests_sent_just_before_closing_are_still_handled() {
     // Regression: the end of stream was seen in the same read as the requests before it,
     // and the connection was closed without handling them.
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(10_000_000, &[]);
     for i in 0..20 {
-        let mut c = d.client();
+        let mut c = d.raw();
         let mut bytes = Vec::new();
         let mut enc = Encoder::new();
         enc.request(&Request::Connect, &mut bytes);
@@ -637,10 +466,10 @@ fn requests_sent_just_before_closing_are_still_handled() {
             },
             &mut bytes,
         );
-        c.send_raw(&bytes);
+        c.send_raw(&bytes).expect("send");
         drop(c);
     }
-    let mut c = d.client();
+    let mut c = d.raw();
     let deadline = Instant::now() + Duration::from_secs(5);
     while c.list().len() < 20 {
         assert!(
@@ -656,8 +485,8 @@ fn requests_sent_just_before_closing_are_still_handled() {
 #[test]
 fn socket_mode_widens_the_socket() {
     use std::os::unix::fs::PermissionsExt;
-    let d = Daemon::start(&["--socket-mode", "660"]);
-    let mode = std::fs::metadata(&d.sock)
+    let d = Daemon::start(10_000_000, &["--socket-mode", "660"]);
+    let mode = std::fs::metadata(&d.socket)
         .expect("stat")
         .permissions()
         .mode();
@@ -667,11 +496,11 @@ fn socket_mode_widens_the_socket() {
 #[test]
 fn only_allowed_uids_are_served() {
     let me = nix::unistd::getuid().as_raw();
-    let mut ok = Daemon::start(&["--allow-uid", &format!("4242,{me}")]);
+    let mut ok = Daemon::start(10_000_000, &["--allow-uid", &format!("4242,{me}")]);
     assert_serving(&mut ok);
 
-    let mut refused = Daemon::start(&["--allow-uid", "4242"]);
-    let mut c = UnixStream::connect(&refused.sock).expect("connect");
+    let mut refused = Daemon::start(10_000_000, &["--allow-uid", "4242"]);
+    let mut c = UnixStream::connect(&refused.socket).expect("connect");
     c.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let mut frame = Vec::new();
@@ -691,10 +520,10 @@ fn a_hang_up_right_behind_a_request_is_noticed() {
     // shortcut handled the request and missed the end of stream, so the connection (and its
     // unsealed object) lived on. The last request is a get that waits: no reply, so no failed
     // write reveals the hang-up either.
-    let mut d = Daemon::start(&[]);
+    let mut d = Daemon::start(10_000_000, &[]);
     for i in 0..50 {
-        let mut c = d.client();
-        c.create(oid(i), 100, true);
+        let mut c = d.raw();
+        c.create(oid(i), 100);
         let mut bytes = Vec::new();
         Encoder::new().request(
             &Request::Get {
@@ -703,10 +532,10 @@ fn a_hang_up_right_behind_a_request_is_noticed() {
             },
             &mut bytes,
         );
-        c.send_raw(&bytes);
+        c.send_raw(&bytes).expect("send");
         drop(c);
     }
-    let mut c = d.client();
+    let mut c = d.raw();
     let deadline = Instant::now() + Duration::from_secs(5);
     while !c.list().is_empty() {
         assert!(
@@ -776,6 +605,6 @@ fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
     // When descriptors free up, the queued and new clients are served.
     clients.truncate(5);
     drop(clients);
-    let mut c = Raw::connect(&sock);
+    let mut c = Raw::connect(&sock).expect("connect");
     assert!(matches!(c.call(&Request::Connect), Reply::Connect { .. }));
 }

@@ -24,7 +24,8 @@ use flatbuffers::FlatBufferBuilder;
 use plasma_store::client::Client;
 use plasma_store::fdpass;
 use plasma_store::protocol::{
-    Encoder, FrameDecoder, HEADER_LEN, MessageType, ObjectId, Reply, Request, decode_reply,
+    Encoder, FrameDecoder, HEADER_LEN, MessageType, ObjectId, ObjectInfo, PlasmaError, Reply,
+    Request, decode_reply,
 };
 
 use super::store_bin;
@@ -99,6 +100,33 @@ impl Daemon {
     /// Whether it still runs.
     pub fn alive(&mut self) -> bool {
         self.exited().is_none()
+    }
+
+    /// Sends it a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, sig).expect("kill");
+    }
+
+    /// Waits up to `limit` for it to exit.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.exited() {
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGTERM, then its exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit(Duration::from_secs(5))
+            .expect("the store did not stop")
     }
 
     /// Its temp dir (for child logs and the like).
@@ -246,7 +274,10 @@ impl Raw {
             // Exactly what the frame needs: reading further could swallow the byte that
             // carries a segment fd (and with it the fd), as with the original client.
             let mut buf = vec![0u8; self.dec.wanted()];
-            let n = self.sock.read(&mut buf)?;
+            let n = match self.sock.read(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => r?,
+            };
             if n == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
@@ -289,6 +320,58 @@ impl Raw {
     pub fn call(&mut self, req: &Request) -> Reply {
         self.send(req).expect("send");
         self.reply()
+    }
+
+    /// Creates an object of `size` data bytes (no metadata, eviction allowed); a new segment's
+    /// fd is taken as the original client takes it.
+    pub fn create(&mut self, id: ObjectId, size: u64) -> Reply {
+        self.call(&Request::Create {
+            object_id: id,
+            evict_if_full: true,
+            data_size: size,
+            metadata_size: 0,
+            device_num: 0,
+        })
+    }
+
+    /// Stores `data` with CreateAndSeal, which must succeed.
+    pub fn put(&mut self, id: ObjectId, data: &[u8]) {
+        let r = self.call(&Request::CreateAndSeal {
+            object_id: id,
+            evict_if_full: true,
+            data: data.to_vec(),
+            metadata: vec![],
+            digest: [0; 8],
+        });
+        assert_eq!(
+            r,
+            Reply::CreateAndSeal {
+                error: PlasmaError::Ok
+            }
+        );
+    }
+
+    /// Every object in the store, sorted by id.
+    pub fn list(&mut self) -> Vec<ObjectInfo> {
+        match self.call(&Request::List) {
+            Reply::List { mut objects } => {
+                objects.sort_by_key(|o| o.object_id);
+                objects
+            }
+            r => panic!("List got {r:?}"),
+        }
+    }
+
+    /// The store's allocated bytes, from its debug report.
+    pub fn allocated(&mut self) -> u64 {
+        let Reply::DebugString { debug_string } = self.call(&Request::GetDebugString) else {
+            panic!("debug string")
+        };
+        debug_string
+            .lines()
+            .find_map(|l| l.strip_prefix("allocated bytes: "))
+            .and_then(|v| v.parse().ok())
+            .expect("allocated bytes line")
     }
 
     /// Sends a ConnectRequest and reports what the connection does: answers it (perhaps
