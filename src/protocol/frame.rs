@@ -77,7 +77,11 @@ pub struct Frame<'a> {
 /// unusable: framing is lost, and the connection should be closed.
 #[derive(Debug)]
 pub struct FrameDecoder {
+    /// Received bytes are `buf[..filled]`; the rest of `buf` is room for the next read, kept
+    /// (already zeroed) from read to read instead of being re-zeroed each time.
     buf: Vec<u8>,
+    /// End of the received bytes in `buf`.
+    filled: usize,
     /// Start of unconsumed bytes in `buf`.
     start: usize,
     /// Bytes of the frame returned by the previous `next_frame`, consumed on the next call.
@@ -92,6 +96,7 @@ impl FrameDecoder {
     pub fn new(max_body: usize) -> FrameDecoder {
         FrameDecoder {
             buf: Vec::new(),
+            filled: 0,
             start: 0,
             pending: 0,
             max_body,
@@ -107,12 +112,14 @@ impl FrameDecoder {
     /// Appends received bytes.
     pub fn extend(&mut self, data: &[u8]) {
         self.compact();
+        self.buf.truncate(self.filled);
         self.buf.extend_from_slice(data);
+        self.filled = self.buf.len();
     }
 
     /// Number of received bytes not yet returned as frames.
     pub fn buffered(&self) -> usize {
-        self.buf.len() - self.start - self.pending
+        self.filled - self.start - self.pending
     }
 
     /// Number of bytes the decoder wants next: the rest of the header, or of the body.
@@ -125,30 +132,32 @@ impl FrameDecoder {
         }
     }
 
-    /// Returns a writable slice of at least `min` bytes at the end of the buffer, to read
-    /// into directly; follow with [`FrameDecoder::commit`] for the bytes actually written.
-    pub fn spare(&mut self, min: usize) -> &mut [u8] {
+    /// Returns a writable slice of `len` bytes after the received bytes, to read into
+    /// directly; follow with [`FrameDecoder::commit`] for the bytes actually written.
+    pub fn spare(&mut self, len: usize) -> &mut [u8] {
         self.compact();
-        let len = self.buf.len();
-        self.buf.resize(len + min, 0);
-        &mut self.buf[len..]
+        let end = self.filled + len;
+        if self.buf.len() < end {
+            self.buf.resize(end, 0);
+        }
+        &mut self.buf[self.filled..end]
     }
 
-    /// Keeps `n` of the bytes written into the last [`FrameDecoder::spare`] slice and drops
-    /// the rest of that slice.
+    /// Keeps `n` of the bytes written into the last [`FrameDecoder::spare`] slice of
+    /// `spare_len` bytes.
     pub fn commit(&mut self, spare_len: usize, n: usize) {
-        let keep = self.buf.len() - spare_len + n.min(spare_len);
-        self.buf.truncate(keep);
+        self.filled += n.min(spare_len);
     }
 
     fn compact(&mut self) {
         self.start += self.pending;
         self.pending = 0;
-        if self.start == self.buf.len() {
-            self.buf.clear();
+        if self.start == self.filled {
+            self.filled = 0;
             self.start = 0;
-        } else if self.start > 0 && self.start >= self.buf.len() / 2 {
-            self.buf.drain(..self.start);
+        } else if self.start > 0 && self.start >= self.filled / 2 {
+            self.buf.copy_within(self.start..self.filled, 0);
+            self.filled -= self.start;
             self.start = 0;
         }
     }
@@ -158,7 +167,7 @@ impl FrameDecoder {
     pub fn next_frame(&mut self) -> Result<Option<Frame<'_>>, ProtocolError> {
         self.start += self.pending;
         self.pending = 0;
-        let avail = &self.buf[self.start..];
+        let avail = self.buf.get(self.start..self.filled).unwrap_or_default();
         let header = match self.header {
             Some(h) => h,
             None => {
@@ -188,7 +197,7 @@ impl FrameDecoder {
     pub fn skip_byte(&mut self) -> bool {
         self.start += self.pending;
         self.pending = 0;
-        if self.header.is_some() || self.start >= self.buf.len() {
+        if self.header.is_some() || self.start >= self.filled {
             return false;
         }
         self.start += 1;
@@ -200,6 +209,7 @@ impl FrameDecoder {
         self.compact();
         if self.buffered() == 0 && self.buf.capacity() > keep {
             self.buf = Vec::new();
+            self.filled = 0;
             self.start = 0;
         }
     }
