@@ -12,7 +12,6 @@ use std::process::ExitCode;
 use log::{error, info};
 
 use plasma_store::server::{Server, ServerConfig};
-use plasma_store::shm::SegmentOptions;
 use plasma_store::store::StoreConfig;
 
 const DEFAULT_SOCKET: &str = "/tmp/plasma";
@@ -59,38 +58,20 @@ Limits (the store never lets one client cost the others):
 Logging: RUST_LOG=debug|info|warn|error (default info). SIGINT or SIGTERM stop the store and
 remove its socket.";
 
-#[derive(Debug)]
-struct Args {
-    memory: u64,
-    socket: PathBuf,
-    directory: Option<PathBuf>,
-    huge_pages: bool,
-    external_store: Option<String>,
-    max_connections: Option<usize>,
-    max_queued_bytes: Option<u64>,
-    max_notification_bytes: Option<u64>,
-    spill_limit: Option<u64>,
-    socket_mode: Option<u32>,
-    no_prefault: bool,
-    max_request_bytes: Option<u64>,
-    max_pending_gets: Option<usize>,
-    allowed_uids: Option<Vec<u32>>,
-}
-
 enum Parsed {
-    Run(Box<Args>),
+    Run(Box<ServerConfig>),
     Help,
     Version,
 }
 
-/// Parses a size: digits, optionally followed by a unit.
-fn parse_size(s: &str) -> Result<u64, String> {
+/// Parses a size for `flag`: digits, optionally followed by a unit.
+fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
     let n: u64 = digits
         .parse()
-        .map_err(|_| format!("-m takes a size in bytes, like 1000000000 or 4GiB; got {s:?}"))?;
+        .map_err(|_| format!("{flag} takes a size in bytes, like 1000000000 or 4GiB; got {s:?}"))?;
     let mult: u64 = match unit.trim() {
         "" | "B" => 1,
         "k" | "K" | "kB" | "KB" => 1_000,
@@ -103,36 +84,36 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "Ti" | "TiB" => 1 << 40,
         u => {
             return Err(format!(
-                "-m: unknown unit {u:?} (use k, M, G, T, KiB, MiB, GiB or TiB)"
+                "{flag}: unknown unit {u:?} (use k, M, G, T, KiB, MiB, GiB or TiB)"
             ));
         }
     };
     let bytes = n
         .checked_mul(mult)
-        .ok_or_else(|| format!("-m: {s} is too large"))?;
+        .ok_or_else(|| format!("{flag}: {s} is too large"))?;
     if bytes == 0 {
-        return Err("-m: the capacity must be at least 1 byte".into());
+        return Err(format!("{flag}: the size must be at least 1 byte"));
     }
     Ok(bytes)
 }
 
+/// A size that sizes an in-memory buffer.
+fn parse_buffer_size(flag: &str, s: &str) -> Result<usize, String> {
+    parse_size(flag, s).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+fn parse_count(flag: &str, s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{flag}: bad number {s:?}"))
+}
+
+/// Parses the command line straight into the daemon's configuration.
 fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> {
-    let mut args = Args {
-        memory: DEFAULT_MEMORY,
-        socket: PathBuf::from(DEFAULT_SOCKET),
-        directory: None,
-        huge_pages: false,
-        external_store: None,
-        max_connections: None,
-        max_queued_bytes: None,
-        max_notification_bytes: None,
-        spill_limit: None,
-        socket_mode: None,
-        no_prefault: false,
-        max_request_bytes: None,
-        max_pending_gets: None,
-        allowed_uids: None,
-    };
+    let mut c = ServerConfig::new(
+        PathBuf::from(DEFAULT_SOCKET),
+        StoreConfig::new(DEFAULT_MEMORY),
+    );
     let mut it = argv.into_iter();
     while let Some(arg) = it.next() {
         if !arg.starts_with('-') || arg == "-" {
@@ -150,36 +131,35 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 .or_else(|| it.next())
                 .ok_or_else(|| format!("-{name} needs {what}"))
         };
+        let flag = if name.len() == 1 {
+            format!("-{name}")
+        } else {
+            format!("--{name}")
+        };
         match name {
             "help" => return Ok(Parsed::Help),
             "version" => return Ok(Parsed::Version),
-            "m" | "memory" => args.memory = parse_size(&value("a size in bytes")?)?,
-            "s" | "socket" => args.socket = PathBuf::from(value("a socket path")?),
-            "d" | "directory" => args.directory = Some(PathBuf::from(value("a directory")?)),
-            "e" | "external-store" => args.external_store = Some(value("an endpoint")?),
+            "m" | "memory" => c.store.capacity = parse_size(&flag, &value("a size in bytes")?)?,
+            "s" | "socket" => c.socket = PathBuf::from(value("a socket path")?),
+            "d" | "directory" => {
+                c.store.segment.directory = Some(PathBuf::from(value("a directory")?))
+            }
+            "e" | "external-store" => c.store.external_store = Some(value("an endpoint")?),
             "h" | "hugepages" => {
-                args.huge_pages = match inline.as_deref() {
+                c.store.segment.huge_pages = match inline.as_deref() {
                     None | Some("true" | "1") => true,
                     Some("false" | "0") => false,
                     Some(v) => return Err(format!("-h takes no value (got {v:?})")),
                 }
             }
-            "noh" | "nohugepages" => args.huge_pages = false,
-            "no-prefault" => args.no_prefault = true,
-            "max-connections" => {
-                let v = value("a number")?;
-                args.max_connections = Some(
-                    v.parse()
-                        .map_err(|_| format!("--max-connections: bad number {v:?}"))?,
-                );
-            }
+            "noh" | "nohugepages" => c.store.segment.huge_pages = false,
+            "no-prefault" => c.prefault = false,
             "socket-mode" => {
                 let v = value("an octal mode")?;
-                let mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                c.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
                     .ok()
                     .filter(|m| *m <= 0o777)
                     .ok_or_else(|| format!("--socket-mode: bad octal mode {v:?}"))?;
-                args.socket_mode = Some(mode);
             }
             "allow-uid" => {
                 let v = value("user ids")?;
@@ -188,36 +168,35 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                     .map(|u| u.trim().parse::<u32>())
                     .collect::<Result<Vec<u32>, _>>()
                     .map_err(|_| format!("--allow-uid: bad user id list {v:?}"))?;
-                args.allowed_uids.get_or_insert_with(Vec::new).extend(uids);
+                c.allowed_uids.get_or_insert_with(Vec::new).extend(uids);
             }
-            "spill-limit" => args.spill_limit = Some(parse_size(&value("a size")?)?),
-            "max-request-bytes" => args.max_request_bytes = Some(parse_size(&value("a size")?)?),
+            "spill-limit" => c.store.spill_limit = Some(parse_size(&flag, &value("a size")?)?),
+            "max-connections" => c.max_connections = parse_count(&flag, &value("a number")?)?,
             "max-pending-gets" => {
-                let v = value("a number")?;
-                args.max_pending_gets = Some(
-                    v.parse()
-                        .map_err(|_| format!("--max-pending-gets: bad number {v:?}"))?,
-                );
+                c.store.max_pending_gets = parse_count(&flag, &value("a number")?)?
             }
-            "max-queued-bytes" => args.max_queued_bytes = Some(parse_size(&value("a size")?)?),
+            "max-request-bytes" => {
+                c.max_request_bytes = Some(parse_buffer_size(&flag, &value("a size")?)?)
+            }
+            "max-queued-bytes" => c.max_queued_bytes = parse_buffer_size(&flag, &value("a size")?)?,
             "max-notification-bytes" => {
-                args.max_notification_bytes = Some(parse_size(&value("a size")?)?)
+                c.max_notification_bytes = parse_buffer_size(&flag, &value("a size")?)?
             }
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
-    let len = args.socket.as_os_str().len();
+    let len = c.socket.as_os_str().len();
     if len == 0 || len > 107 {
         return Err(format!(
             "the socket path must be 1 to 107 bytes long (got {len})"
         ));
     }
-    Ok(Parsed::Run(Box::new(args)))
+    Ok(Parsed::Run(Box::new(c)))
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args(std::env::args().skip(1)) {
-        Ok(Parsed::Run(a)) => a,
+    let config = match parse_args(std::env::args().skip(1)) {
+        Ok(Parsed::Run(c)) => c,
         Ok(Parsed::Help) => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -233,51 +212,27 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
-    let mut store = StoreConfig::new(args.memory);
-    store.segment = SegmentOptions {
-        directory: args.directory.clone(),
-        huge_pages: args.huge_pages,
+    let (socket, capacity) = (config.socket.clone(), config.store.capacity);
+    let memory = match &config.store.segment.directory {
+        None => "an anonymous memfd".to_string(),
+        Some(d) => d.display().to_string(),
     };
-    store.external_store = args.external_store.clone();
-    if let Some(n) = args.max_pending_gets {
-        store.max_pending_gets = n;
-    }
-    store.spill_limit = args.spill_limit;
-    let mut config = ServerConfig::new(args.socket.clone(), store);
-    if let Some(m) = args.socket_mode {
-        config.socket_mode = m;
-    }
-    config.allowed_uids = args.allowed_uids.clone();
-    config.prefault = !args.no_prefault;
-    if let Some(n) = args.max_connections {
-        config.max_connections = n;
-    }
-    let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-    config.max_request_bytes = args.max_request_bytes.map(to_usize);
-    if let Some(n) = args.max_queued_bytes {
-        config.max_queued_bytes = to_usize(n);
-    }
-    if let Some(n) = args.max_notification_bytes {
-        config.max_notification_bytes = to_usize(n);
-    }
-    let mut server = match Server::new(config) {
+    let huge = if config.store.segment.huge_pages {
+        ", huge pages"
+    } else {
+        ""
+    };
+    let mut server = match Server::new(*config) {
         Ok(s) => s,
         Err(e) => {
-            error!("cannot start the store on {}: {e}", args.socket.display());
+            error!("cannot start the store on {}: {e}", socket.display());
             return ExitCode::from(1);
         }
     };
     info!(
-        "plasma_store {} serving {}: capacity {} bytes, shared memory in {}{}",
+        "plasma_store {} serving {}: capacity {capacity} bytes, shared memory in {memory}{huge}",
         env!("CARGO_PKG_VERSION"),
-        args.socket.display(),
-        args.memory,
-        args.directory
-            .as_ref()
-            .map_or("an anonymous memfd".to_string(), |d| d
-                .display()
-                .to_string()),
-        if args.huge_pages { ", huge pages" } else { "" }
+        socket.display(),
     );
     match server.run() {
         Ok(()) => ExitCode::SUCCESS,
@@ -298,14 +253,19 @@ mod tests {
 
     #[test]
     fn sizes_with_and_without_units() {
-        assert_eq!(parse_size("1000000000"), Ok(1_000_000_000));
-        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
-        assert_eq!(parse_size("100k"), Ok(100_000));
-        assert_eq!(parse_size("2MB"), Ok(2_000_000));
-        assert!(parse_size("0").is_err());
-        assert!(parse_size("-1").is_err());
-        assert!(parse_size("1e9").is_err());
-        assert!(parse_size("99999999999TiB").is_err());
+        assert_eq!(parse_size("-m", "1000000000"), Ok(1_000_000_000));
+        assert_eq!(parse_size("-m", "4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("-m", "100k"), Ok(100_000));
+        assert_eq!(parse_size("-m", "2MB"), Ok(2_000_000));
+        assert!(parse_size("-m", "0").is_err());
+        assert!(parse_size("-m", "-1").is_err());
+        assert!(parse_size("-m", "1e9").is_err());
+        assert!(parse_size("-m", "99999999999TiB").is_err());
+        assert!(
+            parse_size("--spill-limit", "x")
+                .unwrap_err()
+                .starts_with("--spill-limit")
+        );
     }
 
     #[test]
@@ -314,14 +274,14 @@ mod tests {
             panic!("parse failed");
         };
         assert_eq!(
-            (a.memory, a.socket, a.huge_pages),
+            (a.store.capacity, a.socket, a.store.segment.huge_pages),
             (1000, "/tmp/x".into(), true)
         );
         let Ok(Parsed::Run(a)) = parse(&[]) else {
             panic!("parse failed");
         };
         assert_eq!(
-            (a.memory, a.socket.to_str()),
+            (a.store.capacity, a.socket.to_str()),
             (DEFAULT_MEMORY, Some(DEFAULT_SOCKET))
         );
         assert!(matches!(parse(&["--help"]), Ok(Parsed::Help)));
