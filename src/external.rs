@@ -56,13 +56,13 @@ impl ExternalStore {
     }
 
     /// Stores the bytes (data then metadata) of an evicted object.
-    pub fn put(&mut self, id: ObjectId, bytes: &[u8]) -> io::Result<()> {
+    pub fn put(&mut self, id: ObjectId, bytes: Vec<u8>) -> io::Result<()> {
         match self {
             ExternalStore::HashTable(m) => {
-                m.insert(id, bytes.to_vec());
+                m.insert(id, bytes);
                 Ok(())
             }
-            ExternalStore::Files(d) => d.put(id, bytes),
+            ExternalStore::Files(d) => d.put(id, &bytes),
         }
     }
 
@@ -199,7 +199,7 @@ impl SpillDir {
         let path = self.file(id);
         let read = fs::read(&path);
         self.remove(id);
-        let file = read?;
+        let mut file = read?;
         let bad = |what: &str| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -225,7 +225,9 @@ impl SpillDir {
         if field(16) != xxh64(payload, 0) {
             return Err(bad("checksum mismatch"));
         }
-        Ok(payload.to_vec())
+        // The payload moves to the front in place: no second buffer.
+        file.drain(..HEADER);
+        Ok(file)
     }
 
     fn remove(&mut self, id: ObjectId) {
@@ -277,8 +279,8 @@ mod tests {
         let mut s =
             ExternalStore::open(&format!("file://{}", parent.path().display()), None).unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
-        s.put(id(1), &data).unwrap();
-        s.put(id(2), b"x").unwrap();
+        s.put(id(1), data.clone()).unwrap();
+        s.put(id(2), b"x".to_vec()).unwrap();
         assert_eq!(s.take(id(1), data.len() as u64).unwrap(), data);
         assert!(s.take(id(1), 1).is_err(), "taken once");
         s.remove(id(2));

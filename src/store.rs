@@ -793,7 +793,7 @@ impl Store {
             let stored = self
                 .segment
                 .read(o.offset, &mut bytes)
-                .and_then(|()| external.put(id, &bytes));
+                .and_then(|()| external.put(id, bytes));
             if let Err(e) = stored {
                 error!("cannot evict {id} to the external store, keeping it in memory: {e}");
                 continue;
@@ -825,7 +825,7 @@ impl Store {
         };
         let Some(offset) = self.allocate(size, true, out) else {
             warn!("no memory to restore {id} from the external store");
-            if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, &bytes)) {
+            if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, bytes)) {
                 error!("cannot put {id} back into the external store: {e}; the object is gone");
                 self.delete_now(id, out);
             }
