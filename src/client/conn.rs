@@ -32,32 +32,6 @@ pub struct Conn {
     out: Vec<u8>,
 }
 
-/// The reply type a request calls for, or `None` for requests without a reply.
-pub fn reply_type(req: &Request) -> Option<MessageType> {
-    use MessageType as T;
-    Some(match req {
-        Request::Connect => T::ConnectReply,
-        Request::Create { .. } => T::CreateReply,
-        Request::CreateAndSeal { .. } => T::CreateAndSealReply,
-        Request::CreateAndSealBatch { .. } => T::CreateAndSealBatchReply,
-        Request::Abort { .. } => T::AbortReply,
-        Request::Seal { .. } => T::SealReply,
-        Request::Get { .. } => T::GetReply,
-        Request::Delete { .. } => T::DeleteReply,
-        Request::Contains { .. } => T::ContainsReply,
-        Request::List => T::ListReply,
-        Request::Evict { .. } => T::EvictReply,
-        Request::SetOptions { .. } => T::SetOptionsReply,
-        Request::GetDebugString => T::GetDebugStringReply,
-        Request::RefreshLru { .. } => T::RefreshLruReply,
-        Request::Data { .. } => T::DataReply,
-        Request::Disconnect
-        | Request::Release { .. }
-        | Request::Subscribe
-        | Request::Unsubscribe => return None,
-    })
-}
-
 /// Writes all of `buf` with `MSG_NOSIGNAL`: a store that went away is an `EPIPE` error, not
 /// a `SIGPIPE` that kills a host process which did not ignore it.
 fn write_all(sock: &UnixStream, mut buf: &[u8]) -> io::Result<()> {
@@ -142,7 +116,7 @@ impl Conn {
 
     /// Sends `req` and reads its reply.
     pub fn call(&mut self, req: &Request) -> Result<Reply, Error> {
-        let expected = reply_type(req).ok_or_else(|| {
+        let expected = req.reply_type().ok_or_else(|| {
             Error::InvalidArgument(format!("{:?} has no reply", req.message_type()))
         })?;
         self.send(req)?;

@@ -288,15 +288,31 @@ impl Request {
         }
     }
 
-    /// Whether the store answers this request with a reply message.
-    pub fn expects_reply(&self) -> bool {
-        !matches!(
-            self,
+    /// The type of the reply the store answers this request with, or `None` for requests
+    /// without a reply.
+    pub fn reply_type(&self) -> Option<MessageType> {
+        use MessageType as T;
+        Some(match self {
+            Request::Connect => T::ConnectReply,
+            Request::Create { .. } => T::CreateReply,
+            Request::CreateAndSeal { .. } => T::CreateAndSealReply,
+            Request::CreateAndSealBatch { .. } => T::CreateAndSealBatchReply,
+            Request::Abort { .. } => T::AbortReply,
+            Request::Seal { .. } => T::SealReply,
+            Request::Get { .. } => T::GetReply,
+            Request::Delete { .. } => T::DeleteReply,
+            Request::Contains { .. } => T::ContainsReply,
+            Request::List => T::ListReply,
+            Request::Evict { .. } => T::EvictReply,
+            Request::SetOptions { .. } => T::SetOptionsReply,
+            Request::GetDebugString => T::GetDebugStringReply,
+            Request::RefreshLru { .. } => T::RefreshLruReply,
+            Request::Data { .. } => T::DataReply,
             Request::Disconnect
-                | Request::Release { .. }
-                | Request::Subscribe
-                | Request::Unsubscribe
-        )
+            | Request::Release { .. }
+            | Request::Subscribe
+            | Request::Unsubscribe => return None,
+        })
     }
 }
 
