@@ -608,3 +608,104 @@ fn running_out_of_file_descriptors_does_not_spin_and_recovers() {
     let mut c = Raw::connect(&sock).expect("connect");
     assert!(matches!(c.call(&Request::Connect), Reply::Connect { .. }));
 }
+
+/// The segment fd, from a first create on a fresh connection.
+fn segment_fd(d: &Daemon) -> std::os::fd::OwnedFd {
+    let mut c = d.raw();
+    c.send(&Request::Create {
+        object_id: oid(200),
+        evict_if_full: true,
+        data_size: 1,
+        metadata_size: 0,
+        device_num: 0,
+    })
+    .expect("send");
+    let (_, mut fds) = c.recv().expect("create reply");
+    fds.pop().expect("the segment fd")
+}
+
+/// Bytes of the segment file that have memory behind them (tmpfs counts fallocated pages in
+/// the file's blocks; SEEK_HOLE does not reliably report them).
+fn resident(fd: &std::os::fd::OwnedFd) -> u64 {
+    nix::sys::stat::fstat(fd).expect("fstat").st_blocks as u64 * 512
+}
+
+#[test]
+fn shared_memory_is_made_resident_in_the_background_unless_told_not_to() {
+    const CAPACITY: u64 = 64 << 20;
+    let d = Daemon::start(CAPACITY, &[]);
+    let fd = segment_fd(&d);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while resident(&fd) < CAPACITY {
+        assert!(
+            Instant::now() < deadline,
+            "only {} bytes resident",
+            resident(&fd)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let lazy = Daemon::start(CAPACITY, &["--no-prefault"]);
+    let fd = segment_fd(&lazy);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        resident(&fd) < 1 << 20,
+        "memory was made resident with --no-prefault"
+    );
+}
+
+#[test]
+fn pending_gets_beyond_the_limit_are_answered_at_once() {
+    let d = Daemon::start(10_000_000, &["--max-pending-gets", "2"]);
+    let mut c = d.raw();
+    for n in 1..=3 {
+        c.send(&Request::Get {
+            object_ids: vec![oid(n)],
+            timeout_ms: -1,
+        })
+        .expect("send");
+    }
+    // Only the third get is answered (with what is there: nothing); the first two wait.
+    let Reply::Get {
+        object_ids,
+        objects,
+        ..
+    } = c.reply()
+    else {
+        panic!("a get reply")
+    };
+    assert_eq!((object_ids, objects), (vec![oid(3)], vec![None]));
+    let mut other = d.raw();
+    other.put(oid(1), b"one");
+    let Reply::Get {
+        object_ids,
+        objects,
+        ..
+    } = c.reply()
+    else {
+        panic!("a get reply")
+    };
+    assert_eq!(object_ids, vec![oid(1)]);
+    assert!(objects[0].is_some());
+}
+
+#[test]
+fn requests_longer_than_the_limit_close_the_connection() {
+    let mut d = Daemon::start(10_000_000, &["--max-request-bytes", "1KiB"]);
+    let mut c = d.raw();
+    c.put(oid(1), &[7; 500]);
+    let mut big = Vec::new();
+    Encoder::new().request(
+        &Request::CreateAndSeal {
+            object_id: oid(2),
+            evict_if_full: true,
+            data: vec![7; 2000],
+            metadata: vec![],
+            digest: [0; 8],
+        },
+        &mut big,
+    );
+    c.send_raw(&big).expect("send");
+    assert!(c.closed_by_store(), "a 2 KB request passed a 1 KiB limit");
+    assert_serving(&mut d);
+}
