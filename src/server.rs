@@ -771,10 +771,9 @@ impl Server {
             let mut dirty = std::mem::take(&mut self.dirty);
             dirty.sort_unstable();
             dirty.dedup();
-            for key in dirty.drain(..) {
+            for key in dirty {
                 self.flush(key);
             }
-            self.dirty = dirty;
             if std::mem::take(&mut self.notified) {
                 for i in 0..self.subscribers.len() {
                     if let Some(&key) = self.subscribers.get(i) {
@@ -784,7 +783,7 @@ impl Server {
                 self.subscribers
                     .retain(|k| self.conns.get(*k).is_some_and(|c| c.subscriber.is_some()));
             }
-            if self.dead.is_empty() {
+            if self.dead.is_empty() && self.dirty.is_empty() {
                 break;
             }
         }
@@ -878,8 +877,10 @@ impl Server {
             return;
         }
         if c.paused && c.queued() <= self.config.max_queued_bytes / 2 {
+            // Read on next turn: reading here would queue replies while this connection's
+            // writability has just been settled for the queue as it was.
             c.paused = false;
-            self.on_readable(key, true);
+            self.unread.push(key);
         }
     }
 

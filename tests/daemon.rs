@@ -709,3 +709,35 @@ fn requests_longer_than_the_limit_close_the_connection() {
     assert!(c.closed_by_store(), "a 2 KB request passed a 1 KiB limit");
     assert_serving(&mut d);
 }
+
+#[test]
+fn a_reader_that_drains_every_reply_at_once_gets_all_of_them() {
+    // Regression: when a flush wrote a paused connection's queue out completely, the store
+    // resumed reading at once, queued more replies, and lost track of them (the socket was no
+    // longer watched for writability and the connection not marked for writing): the client
+    // waited forever. A fast reader, a small queue limit and many pipelined requests from a
+    // half-closed socket make that the common case.
+    let d = Daemon::start(10_000_000, &["--max-queued-bytes", "16KiB"]);
+    let mut c = d.raw();
+    for i in 0..20 {
+        c.put(oid(i), &[i; 10]);
+    }
+    let mut slow = d.raw();
+    let mut bytes = Vec::new();
+    let mut enc = Encoder::new();
+    for _ in 0..3000 {
+        enc.request(&Request::List, &mut bytes);
+    }
+    slow.send_raw(&bytes).expect("send");
+    slow.sock
+        .shutdown(std::net::Shutdown::Write)
+        .expect("shutdown");
+    for i in 0..3000 {
+        match slow.recv() {
+            Ok((Reply::List { objects }, _)) => assert_eq!(objects.len(), 20),
+            Ok((r, _)) => panic!("reply {i}: {r:?}"),
+            Err(e) => panic!("reply {i} of 3000 never came: {e}"),
+        }
+    }
+    assert!(slow.closed_by_store());
+}
