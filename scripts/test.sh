@@ -25,7 +25,7 @@ step "generated FlatBuffers code is current"
 FLATC="$VENV/bin/flatc" scripts/regen-flatbuffers.sh --check
 
 step "cargo test (our daemon)"
-cargo test --all-targets
+cargo test -p plasma-store --all-targets
 
 step "tests/client.rs against the reference daemon ($REFERENCE)"
 PLASMA_STORE_BIN="$REFERENCE" cargo test --test client
