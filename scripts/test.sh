@@ -9,6 +9,7 @@
 #   4. pyarrow 11's own test_plasma.py, unmodified, against our daemon;
 #   5. the documentation walkthrough (tests/python) with the pyarrow 11 client;
 #   6. the Python package's tests (python/run-tests.sh), newest pyarrow and numpy;
+#   6b. the Flight gateway's tests (scripts/flight-tests.sh);
 #   7. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
 #      (PLASMA_FUZZ_SECONDS per target, default 60; 0 skips).
 set -euo pipefail
@@ -39,6 +40,9 @@ PLASMA_STORE_BIN=target/debug/plasma_store "$VENV/bin/python" -m pytest -q -p no
 
 step "Python package (python/): newest pyarrow and numpy, and objects shared with pyarrow 11"
 PLASMA_PYARROW11_PYTHON="$VENV/bin/python" python/run-tests.sh -q
+
+step "Flight gateway (flight/): unit tests, then stores and gateways on loopback"
+scripts/flight-tests.sh
 
 secs=${PLASMA_FUZZ_SECONDS:-60}
 if [ "$secs" != 0 ] && cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then
