@@ -10,6 +10,7 @@
 //! - [`shm`]: the shared-memory segment.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
 //! - [`digest`]: the object digest the original client computes.
+//! - [`warmup`]: the background thread that makes the segment resident after start-up.
 
 pub mod arena;
 pub mod client;
@@ -20,6 +21,7 @@ pub mod protocol;
 pub mod server;
 pub mod shm;
 pub mod store;
+pub mod warmup;
 
 #[doc(hidden)]
 pub mod fuzzing;

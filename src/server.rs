@@ -31,6 +31,7 @@ use crate::protocol::{
 };
 use crate::shm::SEGMENT_BASE;
 use crate::store::{ClientId, Sink, Store, StoreConfig};
+use crate::warmup::Warmup;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
@@ -39,8 +40,6 @@ const SIGNALS: Token = Token(usize::MAX - 1);
 const FRAMES_PER_TURN: usize = 64;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Bytes of shared memory made resident per idle loop turn (about a millisecond of work).
-const WARM_CHUNK: u64 = 8 << 20;
 /// Most fds a connection may have in flight before they are matched to a SubscribeRequest.
 const MAX_PENDING_FDS: usize = 4;
 
@@ -258,10 +257,8 @@ pub struct Server {
     /// Accepting failed and has not worked since.
     accept_failing: bool,
     max_body: usize,
-    /// Shared memory below this offset is resident; the loop warms the rest up while idle.
-    warm_next: u64,
-    /// Where warming up stops.
-    warm_end: u64,
+    /// The background warm-up of the segment; held only to stop it when the server goes.
+    _warmup: Option<Warmup>,
     /// A notification was queued this turn: subscribers need writing.
     notified: bool,
 }
@@ -331,14 +328,25 @@ impl Server {
             SIGNALS,
             Interest::READABLE,
         )?;
-        let warm_end = if config.prefault {
-            config
+        let warmup = if config.prefault {
+            let end = config
                 .store
                 .capacity
                 .saturating_add(SEGMENT_BASE)
-                .min(store.segment().usable_len() + SEGMENT_BASE)
+                .min(store.segment().usable_len() + SEGMENT_BASE);
+            match store
+                .segment()
+                .duplicate_fd()
+                .and_then(|fd| Warmup::start(fd, SEGMENT_BASE, end))
+            {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    info!("shared memory is not made resident in the background: {e}");
+                    None
+                }
+            }
         } else {
-            SEGMENT_BASE
+            None
         };
         // The largest legitimate request carries a whole object inline (CreateAndSeal).
         let max_body = config.max_request_bytes.unwrap_or_else(|| {
@@ -363,8 +371,7 @@ impl Server {
             accept_paused_until: None,
             accept_failing: false,
             max_body,
-            warm_next: SEGMENT_BASE,
-            warm_end,
+            _warmup: warmup,
             notified: false,
         })
     }
@@ -408,32 +415,6 @@ impl Server {
                 }
             }
             self.turn();
-            if events.is_empty() {
-                self.warm_step();
-            }
-        }
-    }
-
-    /// Makes the next chunk of shared memory resident (called when the loop is idle).
-    fn warm_step(&mut self) {
-        if self.warm_next >= self.warm_end {
-            return;
-        }
-        let len = WARM_CHUNK.min(self.warm_end - self.warm_next);
-        match self.store.segment().populate(self.warm_next, len) {
-            Ok(()) => {
-                self.warm_next += len;
-                if self.warm_next >= self.warm_end {
-                    debug!("shared memory is resident ({} bytes)", self.warm_end);
-                }
-            }
-            Err(e) => {
-                info!(
-                    "stopped making shared memory resident at {} of {} bytes: {e}",
-                    self.warm_next, self.warm_end
-                );
-                self.warm_end = self.warm_next;
-            }
         }
     }
 
@@ -457,7 +438,7 @@ impl Server {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.unread.is_empty() || self.warm_next < self.warm_end {
+        if !self.ready.is_empty() || !self.unread.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
