@@ -5,6 +5,7 @@
 //! - [`client`]: a blocking Rust client.
 //! - [`server`]: the store daemon (one mio event loop that owns every piece of state).
 //! - [`store`]: the object table and lifecycle, independent of sockets.
+//! - [`pulls`]: which objects the gateway was asked to fetch from other machines.
 //! - [`external`]: external stores for evicted objects (`hashtable://`, the `file://` spill tier).
 //! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
 //! - [`shm`]: the shared-memory segment.
@@ -18,6 +19,7 @@ pub mod digest;
 pub mod external;
 pub mod fdpass;
 pub mod protocol;
+pub mod pulls;
 pub mod server;
 pub mod shm;
 pub mod store;

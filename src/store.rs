@@ -31,6 +31,7 @@ use crate::external::ExternalStore;
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
+use crate::pulls::Pulls;
 use crate::shm::{SEGMENT_BASE, Segment, SegmentOptions};
 
 /// A connected client, as the server names it. The server guarantees that an id is not reused
@@ -54,6 +55,9 @@ pub trait Sink {
     fn send_segment(&mut self, client: ClientId, segment: i32);
     /// Push one notification (one message holding `infos`) to every subscriber.
     fn notify(&mut self, infos: &[ObjectInfo]);
+    /// Tell the registered gateway that gets wait for these objects, which the store does not
+    /// hold (see [`crate::pulls`]). Sinks that have no gateway ignore it.
+    fn gateway_miss(&mut self, _object_ids: &[ObjectId]) {}
 }
 
 /// Store configuration.
@@ -293,6 +297,8 @@ pub struct Store {
     next_lru: u64,
     /// Ids whose deletion waits for their last reference to go.
     deferred_deletes: HashSet<ObjectId>,
+    /// Objects the gateway was asked to pull from other machines.
+    pulls: Pulls,
     external: Option<ExternalStore>,
     /// Bytes of objects some client holds.
     pinned_bytes: u64,
@@ -346,6 +352,7 @@ impl Store {
             lru: Lru::default(),
             next_lru: 0,
             deferred_deletes: HashSet::new(),
+            pulls: Pulls::default(),
             external,
             pinned_bytes: 0,
             owned_pinned: 0,
@@ -511,12 +518,33 @@ impl Store {
                 let debug_string = self.debug_string();
                 out.reply(client, &Reply::DebugString { debug_string });
             }
+            // The server accepts these only from the registered gateway.
+            Request::GatewayPullFailed { object_ids } => self.pulls.failed(&object_ids),
+            Request::GatewayInfo { object_ids } => {
+                let objects = object_ids
+                    .iter()
+                    .filter_map(|id| {
+                        self.objects
+                            .get(id)
+                            .filter(|o| o.state != State::Created)
+                            .map(|o| o.info(*id))
+                    })
+                    .collect();
+                out.reply(client, &Reply::GatewayInfo { objects });
+            }
             // Handled by the server (they concern the connection, not the store).
             Request::Disconnect
+            | Request::GatewayRegister
             | Request::Subscribe
             | Request::Unsubscribe
             | Request::Data { .. } => {}
         }
+    }
+
+    /// A gateway registered (`true`) or its connection went away (`false`): from now on
+    /// waiting gets for objects not held here are (or no longer are) reported to it.
+    pub fn set_gateway(&mut self, registered: bool) {
+        self.pulls.set_registered(registered);
     }
 
     /// Cleans up after a client that went away, however it went: its quota's objects join
@@ -679,6 +707,7 @@ impl Store {
             // A quota client's objects count against its quota from creation on.
             self.lru_insert(object_id);
         }
+        self.pulls.created(&object_id);
         Ok(())
     }
 
@@ -1001,6 +1030,18 @@ impl Store {
         }
         if let Some(c) = self.clients.get_mut(&client) {
             c.gets.insert(get);
+        }
+        if self.pulls.registered() {
+            let objects = &self.objects;
+            let misses = self.pulls.take_misses(
+                missing
+                    .iter()
+                    .copied()
+                    .filter(|id| !objects.contains_key(id)),
+            );
+            if !misses.is_empty() {
+                out.gateway_miss(&misses);
+            }
         }
         self.gets.insert(
             get,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::memory::{MutRegion, Region};
 use super::state::split;
 use super::{Error, Shared};
-use crate::protocol::ObjectId;
+use crate::protocol::{Digest, ObjectId};
 
 /// Keeps the shared memory under a buffer mapped for as long as it lives, whatever happens to
 /// the buffer or the client (even after a failed seal or a disconnect). It holds no reference
@@ -111,13 +111,24 @@ impl MutableBuffer {
 
     /// Seals the object (sending its digest) and returns a read-only buffer that keeps this
     /// client's reference to it; drop that buffer to release it.
-    pub fn seal(mut self) -> Result<ObjectBuffer, Error> {
+    pub fn seal(self) -> Result<ObjectBuffer, Error> {
+        self.seal_as(None)
+    }
+
+    /// Like [`MutableBuffer::seal`], but sends `digest` as the object's digest instead of
+    /// computing it: for a copy of an object from elsewhere (the Flight gateway), which keeps
+    /// the digest its creator computed.
+    pub fn seal_with_digest(self, digest: Digest) -> Result<ObjectBuffer, Error> {
+        self.seal_as(Some(digest))
+    }
+
+    fn seal_as(mut self, digest: Option<Digest>) -> Result<ObjectBuffer, Error> {
         let id = self.lease.id;
         {
             let mut inner = self.lease.shared.lock();
             inner.clear_writer(id);
             self.lease.writer = false;
-            inner.seal(id)?;
+            inner.seal_as(id, digest)?;
         }
         let MutableBuffer {
             lease,

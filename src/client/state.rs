@@ -14,6 +14,7 @@ use super::Error;
 use super::conn::Conn;
 use super::memory::{MutRegion, Region, Segment};
 use crate::digest::object_digest;
+use crate::protocol::Digest;
 use crate::protocol::{
     BatchObject, MessageType, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
@@ -270,12 +271,19 @@ impl Inner {
     /// Seals an object this client created, sending its digest, and drops the reference
     /// create held for the seal.
     pub fn seal(&mut self, id: ObjectId) -> Result<(), Error> {
+        self.seal_as(id, None)
+    }
+
+    /// [`Inner::seal`] sending `digest` if given instead of computing it (the gateway keeps
+    /// the digest of the copy it pulled).
+    pub fn seal_as(&mut self, id: ObjectId, given: Option<Digest>) -> Result<(), Error> {
         self.conn()?;
-        let digest = match self.in_use.get(&id) {
-            None => return Err(Error::ObjectNotFound(id)),
-            Some(e) if e.sealed => return Err(Error::AlreadySealed(id)),
-            Some(e) if e.writer => return Err(Error::ObjectInUse(id)),
-            Some(e) => {
+        let digest = match (self.in_use.get(&id), given) {
+            (None, _) => return Err(Error::ObjectNotFound(id)),
+            (Some(e), _) if e.sealed => return Err(Error::AlreadySealed(id)),
+            (Some(e), _) if e.writer => return Err(Error::ObjectInUse(id)),
+            (Some(_), Some(digest)) => digest,
+            (Some(e), None) => {
                 let (data, metadata) = e.parts();
                 object_digest(data, metadata)
             }
@@ -647,6 +655,56 @@ impl Inner {
                 error,
                 None,
             )),
+            other => Err(mismatch(&other)),
+        };
+        self.check(r)
+    }
+
+    /// Registers this connection as the store's gateway: sends the request and one end of a
+    /// new socket pair, for the store's misses; returns the other end.
+    pub fn register_gateway(&mut self) -> Result<UnixStream, Error> {
+        self.conn()?;
+        let (ours, theirs) = UnixStream::pair()?;
+        theirs.set_nonblocking(true)?;
+        let r = self
+            .conn()
+            .and_then(|c| c.send(&Request::GatewayRegister))
+            .and_then(|()| self.conn())
+            .and_then(|c| c.send_fd(theirs.as_fd()))
+            .and_then(|()| self.conn())
+            .and_then(|c| c.recv(MessageType::GatewayRegisterReply));
+        let r = match self.check(r)? {
+            Reply::GatewayRegister {
+                error: PlasmaError::Ok,
+            } => Ok(ours),
+            Reply::GatewayRegister {
+                error: PlasmaError::ObjectExists,
+            } => Err(Error::GatewayTaken),
+            Reply::GatewayRegister { error } => Err(Error::from_store(
+                MessageType::GatewayRegisterRequest,
+                error,
+                None,
+            )),
+            other => Err(mismatch(&other)),
+        };
+        self.check(r)
+    }
+
+    /// Tells the store these pulls failed (gateway only; no reply).
+    pub fn gateway_pull_failed(&mut self, ids: &[ObjectId]) -> Result<(), Error> {
+        self.conn()?;
+        let r = self.send(&Request::GatewayPullFailed {
+            object_ids: ids.to_vec(),
+        });
+        self.check(r)
+    }
+
+    /// Describes the sealed objects among `ids` (gateway only).
+    pub fn gateway_info(&mut self, ids: &[ObjectId]) -> Result<Vec<ObjectInfo>, Error> {
+        let r = match self.call(&Request::GatewayInfo {
+            object_ids: ids.to_vec(),
+        })? {
+            Reply::GatewayInfo { objects } => Ok(objects),
             other => Err(mismatch(&other)),
         };
         self.check(r)
