@@ -174,6 +174,9 @@ impl Store {
             o.state = State::Evicted;
             freed += size;
         }
+        if freed > 0 {
+            self.create_queue.freed = true;
+        }
         freed
     }
 
@@ -226,6 +229,8 @@ impl Store {
         o.lru_seq = Some(seq);
         lru.order.insert(seq, index);
         lru.bytes += o.size();
+        // An object that became evictable may make room for a waiting create.
+        self.create_queue.freed = true;
     }
 
     /// Takes an object out of its list. Returns whether it was in one.

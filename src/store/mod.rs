@@ -12,6 +12,7 @@
 //! The policies live in their own modules, as in the original: `eviction.rs` (the quota-aware
 //! LRU, the external store) beside the object table (`table.rs`) and the request handling here.
 
+mod create_queue;
 mod eviction;
 mod table;
 #[cfg(test)]
@@ -33,6 +34,7 @@ use crate::protocol::{
 };
 use crate::shm::{SEGMENT_BASE, Segment, SegmentOptions};
 
+use create_queue::{CreateQueue, CreateRequest, Refusal};
 pub use eviction::format_g;
 use eviction::{Lru, Quota, choose_victims};
 use table::{Object, ObjectTable, State, deletion_info, seal_info};
@@ -66,6 +68,9 @@ pub struct StoreConfig {
     pub external_store: Option<String>,
     /// Most bytes the `file://` spill tier may write.
     pub spill_limit: Option<u64>,
+    /// How long a create that does not fit may wait for memory (`--create-wait`); zero
+    /// answers at once, as the original.
+    pub create_wait: Duration,
 }
 
 impl StoreConfig {
@@ -77,6 +82,7 @@ impl StoreConfig {
             max_pending_gets: 1024,
             external_store: None,
             spill_limit: None,
+            create_wait: Duration::ZERO,
         }
     }
 }
@@ -94,6 +100,8 @@ struct ClientState {
     name: Option<String>,
     /// Quota from SetOptions.
     quota: Option<Quota>,
+    /// Its creates waiting for memory.
+    creates: usize,
 }
 
 /// A get request that is waiting for objects to be sealed.
@@ -147,6 +155,8 @@ pub struct Store {
     pinned_bytes: u64,
     /// Quota-owned objects some client holds.
     owned_pinned: usize,
+    /// Creates waiting for memory.
+    create_queue: CreateQueue,
 }
 
 fn unix_now() -> i64 {
@@ -198,6 +208,7 @@ impl Store {
             external,
             pinned_bytes: 0,
             owned_pinned: 0,
+            create_queue: CreateQueue::new(config.create_wait),
         })
     }
 
@@ -234,10 +245,10 @@ impl Store {
             .map(|(id, o)| seal_info(*id, o))
     }
 
-    /// The earliest deadline of a waiting get, for the poll timeout.
+    /// The earliest deadline of a waiting get or create, for the poll timeout.
     pub fn next_deadline(&mut self) -> Option<Instant> {
         while let Some(Reverse((when, get))) = self.deadlines.peek().copied() {
-            if self.gets.contains_key(&get) {
+            if self.gets.contains_key(&get) || self.create_queue.contains(get) {
                 return Some(when);
             }
             self.deadlines.pop();
@@ -245,15 +256,18 @@ impl Store {
         None
     }
 
-    /// Answers every waiting get whose deadline has passed.
+    /// Answers every waiting get or create whose deadline has passed.
     pub fn expire(&mut self, now: Instant, out: &mut impl Sink) {
         while let Some(Reverse((when, get))) = self.deadlines.peek().copied() {
             if when > now {
                 break;
             }
             self.deadlines.pop();
-            self.finish_get(get, out);
+            if !self.expire_create(get, out) {
+                self.finish_get(get, out);
+            }
         }
+        self.serve_waiting_creates(out);
     }
 
     /// Handles one request of `client`.
@@ -271,14 +285,32 @@ impl Store {
                 data_size,
                 metadata_size,
                 device_num,
-            } => self.create(
-                client,
-                object_id,
-                evict_if_full,
-                (data_size, metadata_size),
-                device_num,
-                out,
-            ),
+            } => {
+                if device_num != 0 {
+                    warn!(
+                        "client {client}: create with device_num {device_num}, but GPU memory is \
+                         not supported"
+                    );
+                    out.reply(
+                        client,
+                        &Reply::Create {
+                            object_id,
+                            spec: ObjectSpec::default(),
+                            error: PlasmaError::OutOfMemory,
+                            store_fd: 0,
+                            mmap_size: 0,
+                        },
+                    );
+                } else {
+                    let request = CreateRequest::Create {
+                        object_id,
+                        evict_if_full,
+                        data_size,
+                        metadata_size,
+                    };
+                    self.submit_create(client, request, now, out);
+                }
+            }
             Request::CreateAndSeal {
                 object_id,
                 evict_if_full,
@@ -286,21 +318,29 @@ impl Store {
                 metadata,
                 digest,
             } => {
-                let objects = [BatchObject {
+                let objects = vec![BatchObject {
                     object_id,
                     data,
                     metadata,
                     digest,
                 }];
-                let error = self.create_and_seal(client, evict_if_full, &objects, out);
-                out.reply(client, &Reply::CreateAndSeal { error });
+                let request = CreateRequest::Seal {
+                    evict_if_full,
+                    objects,
+                    batch: false,
+                };
+                self.submit_create(client, request, now, out);
             }
             Request::CreateAndSealBatch {
                 evict_if_full,
                 objects,
             } => {
-                let error = self.create_and_seal(client, evict_if_full, &objects, out);
-                out.reply(client, &Reply::CreateAndSealBatch { error });
+                let request = CreateRequest::Seal {
+                    evict_if_full,
+                    objects,
+                    batch: true,
+                };
+                self.submit_create(client, request, now, out);
             }
             Request::Abort { object_id } => {
                 self.abort(client, object_id);
@@ -366,6 +406,7 @@ impl Store {
             | Request::Unsubscribe
             | Request::Data { .. } => {}
         }
+        self.serve_waiting_creates(out);
     }
 
     /// Cleans up after a client that went away, however it went: its quota's objects join
@@ -393,6 +434,9 @@ impl Store {
         for get in state.gets {
             self.drop_get(get);
         }
+        if state.creates > 0 {
+            self.forget_creates(client);
+        }
         for id in state.refs {
             let Some(count) = self.drop_ref(id) else {
                 continue;
@@ -408,43 +452,11 @@ impl Store {
                 self.unreferenced(id, out);
             }
         }
+        self.serve_waiting_creates(out);
     }
 
-    fn create(
-        &mut self,
-        client: ClientId,
-        object_id: ObjectId,
-        evict_if_full: bool,
-        (data_size, metadata_size): (u64, u64),
-        device_num: i32,
-        out: &mut impl Sink,
-    ) {
-        let fail = |error| Reply::Create {
-            object_id,
-            spec: ObjectSpec::default(),
-            error,
-            store_fd: 0,
-            mmap_size: 0,
-        };
-        if device_num != 0 {
-            warn!(
-                "client {client}: create with device_num {device_num}, but GPU memory is not supported"
-            );
-            out.reply(client, &fail(PlasmaError::OutOfMemory));
-            return;
-        }
-        let created = self.create_object(
-            client,
-            object_id,
-            evict_if_full,
-            data_size,
-            metadata_size,
-            out,
-        );
-        if let Err(error) = created {
-            out.reply(client, &fail(error));
-            return;
-        }
+    /// Answers a successful Create: the creator's reference, the spec, the segment's fd.
+    fn reply_created(&mut self, client: ClientId, object_id: ObjectId, out: &mut impl Sink) {
         self.add_ref(client, object_id);
         let spec = self
             .objects
@@ -483,26 +495,35 @@ impl Store {
         client: ClientId,
         object_id: ObjectId,
         evict_if_full: bool,
-        data_size: u64,
-        metadata_size: u64,
+        (data_size, metadata_size): (u64, u64),
+        fallback: bool,
         out: &mut impl Sink,
-    ) -> Result<(), PlasmaError> {
+    ) -> Result<(), Refusal> {
         if self.objects.contains_key(&object_id) {
-            return Err(PlasmaError::ObjectExists);
+            return Err(PlasmaError::ObjectExists.into());
         }
         let Some(size) = data_size.checked_add(metadata_size) else {
             warn!(
                 "client {client}: create of {object_id} with sizes {data_size} + {metadata_size} overflows"
             );
-            return Err(PlasmaError::OutOfMemory);
+            return Err(PlasmaError::OutOfMemory.into());
         };
+        if size > self.capacity && !fallback {
+            debug!("client {client}: {object_id} of {size} bytes exceeds the capacity");
+            return Err(Refusal::NeverFits);
+        }
         self.enforce_quota(client, size, evict_if_full, out)?;
-        let Some(offset) = self.allocate(size, evict_if_full, out) else {
-            warn!(
+        let found = if fallback {
+            None
+        } else {
+            self.allocate(size, evict_if_full, out)
+        };
+        let Some(offset) = found else {
+            debug!(
                 "not enough memory to create the object {object_id}, data_size={data_size}, \
-                 metadata_size={metadata_size}: replying OutOfMemory"
+                 metadata_size={metadata_size}"
             );
-            return Err(PlasmaError::OutOfMemory);
+            return Err(Refusal::Full);
         };
         let owner = self
             .clients
@@ -536,22 +557,23 @@ impl Store {
         client: ClientId,
         evict_if_full: bool,
         objects: &[BatchObject],
+        fallback: bool,
         out: &mut impl Sink,
-    ) -> PlasmaError {
+    ) -> Result<(), Refusal> {
         for (i, b) in objects.iter().enumerate() {
             if let Err(e) = self.create_object(
                 client,
                 b.object_id,
                 evict_if_full,
-                b.data.len() as u64,
-                b.metadata.len() as u64,
+                (b.data.len() as u64, b.metadata.len() as u64),
+                fallback,
                 out,
             ) {
                 // All or nothing: drop what this batch created so far.
                 for done in objects.iter().take(i) {
                     self.remove_object(done.object_id);
                 }
-                return e;
+                return Err(e);
             }
         }
         let mut infos = Vec::with_capacity(objects.len());
@@ -583,7 +605,12 @@ impl Store {
                 self.unreferenced(b.object_id, out);
             }
         }
-        PlasmaError::Ok
+        Ok(())
+    }
+
+    /// Whether there is a fallback tier.
+    fn has_fallback(&self) -> bool {
+        false
     }
 
     fn abort(&mut self, client: ClientId, object_id: ObjectId) {
@@ -903,6 +930,7 @@ impl Store {
         let Some(o) = self.objects.remove(&object_id) else {
             return false;
         };
+        self.create_queue.freed = true;
         if o.ref_count > 0 {
             self.unpin(o.size(), o.owner.is_some());
         }

@@ -718,3 +718,158 @@ impl Store {
         assert_eq!(self.lru.bytes, lru_bytes, "global lru bytes");
     }
 }
+
+fn waiting_store(capacity: u64, wait_ms: u64) -> Store {
+    let mut config = StoreConfig::new(capacity);
+    config.create_wait = Duration::from_millis(wait_ms);
+    let mut s = Store::new(&config).expect("store");
+    for c in 0..4 {
+        s.connect(c);
+    }
+    s
+}
+
+fn create_req(id: ObjectId, size: u64) -> Request {
+    Request::Create {
+        object_id: id,
+        evict_if_full: true,
+        data_size: size,
+        metadata_size: 0,
+        device_num: 0,
+    }
+}
+
+/// The create replies in `events`, as (client, object id, error).
+fn create_replies(events: &[Event]) -> Vec<(ClientId, ObjectId, PlasmaError)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Reply(
+                c,
+                Reply::Create {
+                    object_id, error, ..
+                },
+            ) => Some((*c, *object_id, *error)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn a_create_that_does_not_fit_waits_for_a_release_in_arrival_order() {
+    let mut s = waiting_store(1000, 60_000);
+    let mut rec = Rec::default();
+    let now = Instant::now();
+    // Client 0 holds 800 of 1000 bytes.
+    assert!(matches!(
+        create(&mut s, &mut rec, 0, oid(1), 800),
+        Reply::Create {
+            error: PlasmaError::Ok,
+            ..
+        }
+    ));
+    seal(&mut s, &mut rec, 0, oid(1));
+    // 600 bytes do not fit: client 1 waits; then 100 bytes (which would fit) queue behind it.
+    s.handle(1, create_req(oid(2), 600), now, &mut rec);
+    s.handle(2, create_req(oid(3), 100), now, &mut rec);
+    assert_eq!(create_replies(&rec.take()), vec![]);
+    // Other requests go on meanwhile, also those of the waiting clients.
+    assert!(matches!(
+        req(&mut s, &mut rec, 2, Request::Contains { object_id: oid(1) }),
+        Reply::Contains {
+            has_object: true,
+            ..
+        }
+    ));
+    assert!(s.next_deadline().is_some());
+    // The release makes object 1 evictable: both waiting creates are served, in order.
+    release(&mut s, &mut rec, 0, oid(1));
+    let replies = create_replies(&rec.take());
+    assert_eq!(
+        replies,
+        vec![(1, oid(2), PlasmaError::Ok), (2, oid(3), PlasmaError::Ok)]
+    );
+    assert_eq!(s.stats().objects, 2);
+    s.assert_consistent();
+    // Nothing is left to expire.
+    s.expire(now + Duration::from_secs(120), &mut rec);
+    assert_eq!(create_replies(&rec.take()), vec![]);
+}
+
+#[test]
+fn a_waiting_create_fails_after_its_wait_and_unblocks_the_queue() {
+    let mut s = waiting_store(1000, 500);
+    let mut rec = Rec::default();
+    let now = Instant::now();
+    create(&mut s, &mut rec, 0, oid(1), 800);
+    s.handle(1, create_req(oid(2), 600), now, &mut rec);
+    s.handle(
+        2,
+        create_req(oid(3), 100),
+        now + Duration::from_millis(100),
+        &mut rec,
+    );
+    assert_eq!(create_replies(&rec.take()), vec![]);
+    let deadline = s.next_deadline().expect("a deadline");
+    assert_eq!(deadline, now + Duration::from_millis(500));
+    s.expire(deadline - Duration::from_millis(1), &mut rec);
+    assert_eq!(create_replies(&rec.take()), vec![]);
+    // The head gives up; the small create behind it now fits and is served.
+    s.expire(deadline, &mut rec);
+    assert_eq!(
+        create_replies(&rec.take()),
+        vec![
+            (1, oid(2), PlasmaError::OutOfMemory),
+            (2, oid(3), PlasmaError::Ok)
+        ]
+    );
+    assert_eq!(s.next_deadline(), None);
+    s.assert_consistent();
+}
+
+#[test]
+fn a_client_that_disconnects_while_waiting_is_forgotten() {
+    let mut s = waiting_store(1000, 60_000);
+    let mut rec = Rec::default();
+    let now = Instant::now();
+    create(&mut s, &mut rec, 0, oid(1), 800);
+    s.handle(1, create_req(oid(2), 600), now, &mut rec);
+    s.handle(2, create_req(oid(3), 100), now, &mut rec);
+    rec.take();
+    // The head's client goes: the create behind it is served at once.
+    s.disconnect(1, &mut rec);
+    assert_eq!(
+        create_replies(&rec.take()),
+        vec![(2, oid(3), PlasmaError::Ok)]
+    );
+    // The creator of object 1 goes too: its unsealed object is aborted, nothing waits.
+    s.disconnect(0, &mut rec);
+    assert_eq!(create_replies(&rec.take()), vec![]);
+    assert_eq!(s.next_deadline(), None);
+    assert_eq!(s.stats().objects, 1);
+    s.assert_consistent();
+}
+
+#[test]
+fn without_a_wait_a_full_store_answers_at_once() {
+    let mut s = store(1000);
+    let mut rec = Rec::default();
+    create(&mut s, &mut rec, 0, oid(1), 800);
+    assert!(matches!(
+        create(&mut s, &mut rec, 1, oid(2), 600),
+        Reply::Create {
+            error: PlasmaError::OutOfMemory,
+            ..
+        }
+    ));
+    // Larger than the capacity: never waits, even with a wait configured.
+    let mut s = waiting_store(1000, 60_000);
+    assert!(matches!(
+        create(&mut s, &mut rec, 1, oid(2), 2000),
+        Reply::Create {
+            error: PlasmaError::OutOfMemory,
+            ..
+        }
+    ));
+    assert_eq!(s.next_deadline(), None);
+}
