@@ -183,6 +183,10 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 let ms = parse_count(&flag, &value("milliseconds")?)?;
                 c.store.create_wait = std::time::Duration::from_millis(ms as u64);
             }
+            "fallback-dir" => c.store.fallback_dir = Some(PathBuf::from(value("a directory")?)),
+            "fallback-limit" => {
+                c.store.fallback_limit = Some(parse_size(&flag, &value("a size")?)?)
+            }
             "spill-limit" => c.store.spill_limit = Some(parse_size(&flag, &value("a size")?)?),
             "max-connections" => c.max_connections = parse_count(&flag, &value("a number")?)?,
             "max-pending-gets" => {

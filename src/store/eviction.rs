@@ -13,7 +13,7 @@ use log::{debug, error, info, warn};
 use crate::protocol::{ObjectId, PlasmaError};
 
 use super::table::{Object, ObjectTable, State};
-use super::{ClientId, ClientState, Sink, Store};
+use super::{ClientId, ClientState, SEGMENT_ID, Sink, Store};
 
 /// The name the original gives a client that never called SetOptions.
 const ANONYMOUS: &str = "anonymous_client";
@@ -151,27 +151,32 @@ impl Store {
     ) -> u64 {
         let mut freed = 0;
         for &(id, size) in victims {
-            let Some(external) = self.external.as_mut() else {
+            if self.external.is_none() {
                 self.delete_now(id, out);
                 freed += size;
                 continue;
-            };
-            let Some(o) = self.objects.get_mut(&id) else {
+            }
+            let Some((segment, offset)) = self.objects.get(&id).map(|o| (o.segment, o.offset))
+            else {
                 continue;
             };
             let mut bytes = vec![0u8; usize::try_from(size).unwrap_or(0)];
-            let stored = self
-                .segment
-                .read(o.offset, &mut bytes)
-                .and_then(|()| external.put(id, bytes));
+            let read = match self.segment_by_id(segment) {
+                Some(seg) => seg.read(offset, &mut bytes),
+                None => Err(std::io::Error::other("no such segment")),
+            };
+            let stored = read.and_then(|()| match self.external.as_mut() {
+                Some(external) => external.put(id, bytes),
+                None => Ok(()),
+            });
             if let Err(e) = stored {
                 error!("cannot evict {id} to the external store, keeping it in memory: {e}");
                 continue;
             }
-            if let Err(e) = self.arena.free(o.offset) {
-                warn!("freeing {id} at {}: {e}", o.offset);
+            self.free_block(id, segment, offset, size);
+            if let Some(o) = self.objects.get_mut(&id) {
+                o.state = State::Evicted;
             }
-            o.state = State::Evicted;
             freed += size;
         }
         if freed > 0 {
@@ -209,6 +214,7 @@ impl Store {
         }
         if let Some(o) = self.objects.get_mut(&id) {
             o.state = State::Sealed;
+            o.segment = SEGMENT_ID;
             o.offset = offset;
         }
         true

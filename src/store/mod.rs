@@ -14,6 +14,7 @@
 
 mod create_queue;
 mod eviction;
+mod fallback;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -23,6 +24,7 @@ use std::collections::hash_map::Entry;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{debug, warn};
@@ -37,6 +39,7 @@ use crate::shm::{SEGMENT_BASE, Segment, SegmentOptions};
 use create_queue::{CreateQueue, CreateRequest, Refusal};
 pub use eviction::format_g;
 use eviction::{Lru, Quota, choose_victims};
+use fallback::Fallback;
 use table::{Object, ObjectTable, State, deletion_info, seal_info};
 
 /// before [`Store::disconnect`] has run for it.
@@ -71,6 +74,10 @@ pub struct StoreConfig {
     /// How long a create that does not fit may wait for memory (`--create-wait`); zero
     /// answers at once, as the original.
     pub create_wait: Duration,
+    /// Where objects shared memory cannot hold go (`--fallback-dir`); none: they fail.
+    pub fallback_dir: Option<PathBuf>,
+    /// Most bytes of objects in the fallback tier (`--fallback-limit`).
+    pub fallback_limit: Option<u64>,
 }
 
 impl StoreConfig {
@@ -83,6 +90,8 @@ impl StoreConfig {
             external_store: None,
             spill_limit: None,
             create_wait: Duration::ZERO,
+            fallback_dir: None,
+            fallback_limit: None,
         }
     }
 }
@@ -94,8 +103,8 @@ struct ClientState {
     refs: HashSet<ObjectId>,
     /// Its get requests that are still waiting.
     gets: HashSet<u64>,
-    /// Whether the segment fd went to this client already.
-    segment_sent: bool,
+    /// The segments whose fds went to this client already.
+    segments_sent: Vec<i32>,
     /// Name from SetOptions.
     name: Option<String>,
     /// Quota from SetOptions.
@@ -157,6 +166,8 @@ pub struct Store {
     owned_pinned: usize,
     /// Creates waiting for memory.
     create_queue: CreateQueue,
+    /// Disk-backed segments for objects shared memory cannot hold.
+    fallback: Option<Fallback>,
 }
 
 fn unix_now() -> i64 {
@@ -191,6 +202,11 @@ impl Store {
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let segment = Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
         let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
+        let fallback = config
+            .fallback_dir
+            .clone()
+            .map(|dir| Fallback::new(dir, config.fallback_limit, SEGMENT_ID + 1))
+            .transpose()?;
         Ok(Store {
             capacity: config.capacity,
             max_pending_gets: config.max_pending_gets,
@@ -209,12 +225,39 @@ impl Store {
             pinned_bytes: 0,
             owned_pinned: 0,
             create_queue: CreateQueue::new(config.create_wait),
+            fallback,
         })
     }
 
     /// The shared-memory segment with this id, to send its fd.
     pub fn segment_fd(&self, id: i32) -> Option<BorrowedFd<'_>> {
-        (id == self.segment.id()).then(|| self.segment.fd())
+        self.segment_by_id(id).map(Segment::fd)
+    }
+
+    /// The shared-memory segment or a fallback segment.
+    fn segment_by_id(&self, id: i32) -> Option<&Segment> {
+        if id == SEGMENT_ID {
+            Some(&self.segment)
+        } else {
+            self.fallback.as_ref().and_then(|f| f.segment(id))
+        }
+    }
+
+    /// The `mmap_size` clients are told for a segment.
+    fn mmap_size_of(&self, id: i32) -> i64 {
+        self.segment_by_id(id)
+            .map_or(0, |s| i64::try_from(s.mmap_size()).unwrap_or(i64::MAX))
+    }
+
+    /// Gives back an object's block in its segment.
+    fn free_block(&mut self, object_id: ObjectId, segment: i32, offset: u64, size: u64) {
+        if segment == SEGMENT_ID {
+            if let Err(e) = self.arena.free(offset) {
+                warn!("freeing {object_id} at {offset}: {e}");
+            }
+        } else if let Some(f) = self.fallback.as_mut() {
+            f.free(segment, offset, size);
+        }
     }
 
     /// The segment (for its size and for tests).
@@ -463,29 +506,26 @@ impl Store {
             .get(&object_id)
             .map(Object::spec)
             .unwrap_or_default();
+        let segment = spec.segment_index;
         out.reply(
             client,
             &Reply::Create {
                 object_id,
                 spec,
                 error: PlasmaError::Ok,
-                store_fd: SEGMENT_ID,
-                mmap_size: self.mmap_size(),
+                store_fd: segment,
+                mmap_size: self.mmap_size_of(segment),
             },
         );
-        self.send_segment_once(client, out);
+        self.send_segment_once(client, segment, out);
     }
 
-    fn mmap_size(&self) -> i64 {
-        i64::try_from(self.segment.mmap_size()).unwrap_or(i64::MAX)
-    }
-
-    fn send_segment_once(&mut self, client: ClientId, out: &mut impl Sink) {
+    fn send_segment_once(&mut self, client: ClientId, segment: i32, out: &mut impl Sink) {
         if let Some(c) = self.clients.get_mut(&client)
-            && !c.segment_sent
+            && !c.segments_sent.contains(&segment)
         {
-            c.segment_sent = true;
-            out.send_segment(client, SEGMENT_ID);
+            c.segments_sent.push(segment);
+            out.send_segment(client, segment);
         }
     }
 
@@ -514,11 +554,12 @@ impl Store {
         }
         self.enforce_quota(client, size, evict_if_full, out)?;
         let found = if fallback {
-            None
+            self.fallback.as_mut().and_then(|f| f.alloc(size))
         } else {
             self.allocate(size, evict_if_full, out)
+                .map(|offset| (SEGMENT_ID, offset))
         };
-        let Some(offset) = found else {
+        let Some((segment, offset)) = found else {
             debug!(
                 "not enough memory to create the object {object_id}, data_size={data_size}, \
                  metadata_size={metadata_size}"
@@ -534,6 +575,7 @@ impl Store {
             object_id,
             Object {
                 state: State::Created,
+                segment,
                 offset,
                 data_size,
                 metadata_size,
@@ -578,13 +620,19 @@ impl Store {
         }
         let mut infos = Vec::with_capacity(objects.len());
         for b in objects {
+            let Some(o) = self.objects.get(&b.object_id) else {
+                continue;
+            };
+            let (offset, data_size) = (o.offset, o.data_size);
+            let copied = match self.segment_by_id(o.segment) {
+                Some(seg) => seg
+                    .write(offset, &b.data)
+                    .and_then(|()| seg.write(offset + data_size, &b.metadata)),
+                None => Err(io::Error::other("no such segment")),
+            };
             let Some(o) = self.objects.get_mut(&b.object_id) else {
                 continue;
             };
-            let copied = self
-                .segment
-                .write(o.offset, &b.data)
-                .and_then(|()| self.segment.write(o.offset + o.data_size, &b.metadata));
             if let Err(e) = copied {
                 // Cannot happen: the arena only hands out ranges inside the segment.
                 warn!("copying {} into the segment failed: {e}", b.object_id);
@@ -610,7 +658,7 @@ impl Store {
 
     /// Whether there is a fallback tier.
     fn has_fallback(&self) -> bool {
-        false
+        self.fallback.is_some()
     }
 
     fn abort(&mut self, client: ClientId, object_id: ObjectId) {
@@ -737,23 +785,25 @@ impl Store {
         objects: Vec<Option<ObjectSpec>>,
         out: &mut impl Sink,
     ) {
-        let any = objects.iter().any(Option::is_some);
-        let (store_fds, mmap_sizes) = if any {
-            (vec![SEGMENT_ID], vec![self.mmap_size()])
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        // The distinct segments of the objects found, in order of first appearance.
+        let mut store_fds: Vec<i32> = Vec::new();
+        for spec in objects.iter().flatten() {
+            if !store_fds.contains(&spec.segment_index) {
+                store_fds.push(spec.segment_index);
+            }
+        }
+        let mmap_sizes = store_fds.iter().map(|&s| self.mmap_size_of(s)).collect();
         out.reply(
             client,
             &Reply::Get {
                 object_ids,
                 objects,
-                store_fds,
+                store_fds: store_fds.clone(),
                 mmap_sizes,
             },
         );
-        if any {
-            self.send_segment_once(client, out);
+        for segment in store_fds {
+            self.send_segment_once(client, segment, out);
         }
     }
 
@@ -941,9 +991,7 @@ impl Store {
             }
             return true;
         }
-        if let Err(e) = self.arena.free(o.offset) {
-            warn!("freeing {object_id} at {}: {e}", o.offset);
-        }
+        self.free_block(object_id, o.segment, o.offset, o.size());
         true
     }
 }

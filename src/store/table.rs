@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use crate::protocol::{Digest, ObjectId, ObjectInfo, ObjectSpec};
 
+#[cfg(doc)]
 use super::SEGMENT_ID;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +22,8 @@ pub(super) enum State {
 #[derive(Debug)]
 pub(super) struct Object {
     pub(super) state: State,
+    /// The segment the bytes are in: [`SEGMENT_ID`] or a fallback segment.
+    pub(super) segment: i32,
     /// Where the bytes are in the segment (meaningless while evicted).
     pub(super) offset: u64,
     pub(super) data_size: u64,
@@ -50,7 +53,7 @@ impl Object {
 
     pub(super) fn spec(&self) -> ObjectSpec {
         ObjectSpec {
-            segment_index: SEGMENT_ID,
+            segment_index: self.segment,
             data_offset: self.offset,
             data_size: self.data_size,
             metadata_offset: self.offset + self.data_size,

@@ -701,7 +701,7 @@ impl Store {
         let allocated: u64 = self
             .objects
             .values()
-            .filter(|o| o.state != State::Evicted)
+            .filter(|o| o.state != State::Evicted && o.segment == SEGMENT_ID)
             .map(Object::size)
             .sum();
         assert_eq!(self.arena.allocated_bytes(), allocated, "allocated");
@@ -872,4 +872,102 @@ fn without_a_wait_a_full_store_answers_at_once() {
         }
     ));
     assert_eq!(s.next_deadline(), None);
+}
+
+fn fallback_store(capacity: u64, dir: &std::path::Path, limit: Option<u64>) -> Store {
+    let mut config = StoreConfig::new(capacity);
+    config.fallback_dir = Some(dir.to_path_buf());
+    config.fallback_limit = limit;
+    let mut s = Store::new(&config).expect("store");
+    for c in 0..4 {
+        s.connect(c);
+    }
+    s
+}
+
+#[test]
+fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = fallback_store(1000, dir.path(), Some(3 * 4096));
+    let mut rec = Rec::default();
+    // Larger than the capacity: a fallback segment, sent once, with its own mmap_size.
+    s.handle(0, create_req(oid(1), 5000), Instant::now(), &mut rec);
+    let events = rec.take();
+    let Some(Event::Reply(
+        0,
+        Reply::Create {
+            spec,
+            store_fd,
+            mmap_size,
+            error: PlasmaError::Ok,
+            ..
+        },
+    )) = events.first().cloned()
+    else {
+        panic!("create in the fallback tier: {events:?}");
+    };
+    assert_ne!(store_fd, SEGMENT_ID);
+    assert_eq!(spec.segment_index, store_fd);
+    assert_eq!(spec.data_offset % 4096, 0);
+    assert_eq!(
+        mmap_size as u64,
+        s.segment_by_id(store_fd).expect("segment").mmap_size()
+    );
+    assert!(s.segment_fd(store_fd).is_some());
+    assert_eq!(events[1..], [Event::Segment(0, store_fd)]);
+    seal(&mut s, &mut rec, 0, oid(1));
+    // Over the limit (two pages used of three): PlasmaStoreFull, nothing reserved.
+    assert!(matches!(
+        create(&mut s, &mut rec, 1, oid(2), 5000),
+        Reply::Create {
+            error: PlasmaError::OutOfMemory,
+            ..
+        }
+    ));
+    // A get of a shared-memory and a fallback object names both segments, in order.
+    put(&mut s, &mut rec, 1, oid(3), 100);
+    rec.take();
+    get(&mut s, &mut rec, 2, &[oid(3), oid(1), oid(3)], 0);
+    let events = rec.take();
+    let Some(Event::Reply(
+        2,
+        Reply::Get {
+            store_fds,
+            mmap_sizes,
+            ..
+        },
+    )) = events.first()
+    else {
+        panic!("get reply first");
+    };
+    assert_eq!(store_fds, &vec![SEGMENT_ID, store_fd]);
+    assert_eq!(mmap_sizes[1], mmap_size);
+    assert_eq!(
+        events[1..],
+        [Event::Segment(2, SEGMENT_ID), Event::Segment(2, store_fd)]
+    );
+    // Deleting gives the space back: the next fallback object reuses the segment.
+    release(&mut s, &mut rec, 0, oid(1));
+    release(&mut s, &mut rec, 2, oid(1));
+    req(
+        &mut s,
+        &mut rec,
+        0,
+        Request::Delete {
+            object_ids: vec![oid(1)],
+        },
+    );
+    assert_eq!(s.fallback.as_ref().map(|f| f.allocated()), Some(0));
+    let Reply::Create {
+        store_fd: again,
+        error: PlasmaError::Ok,
+        ..
+    } = create(&mut s, &mut rec, 0, oid(4), 9000)
+    else {
+        panic!("second fallback create");
+    };
+    assert_eq!(again, store_fd);
+    s.assert_consistent();
+    // The directory is empty all along: the files are unlinked at once.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
