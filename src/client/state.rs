@@ -14,10 +14,13 @@ use super::Error;
 use super::conn::Conn;
 use super::memory::{MutRegion, Region, Segment};
 use crate::digest::object_digest;
-use crate::protocol::Digest;
 use crate::protocol::{
-    BatchObject, MessageType, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
+    BatchObject, Digest, MessageType, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
+
+/// Creates of at least this many bytes have their pages faulted in before they are written
+/// ([`MutRegion::populate_write`]); below it one madvise costs more than the faults it saves.
+const POPULATE_THRESHOLD: u64 = 4 << 20;
 
 /// What [`Inner::get`] found for one requested id: the object's bytes (data then metadata)
 /// and the data length.
@@ -244,6 +247,10 @@ impl Inner {
             ))
         })?;
         let data_len = usize::try_from(data_size).map_err(|_| bad("data size"))?;
+        if total >= POPULATE_THRESHOLD {
+            // Fresh memory is faulted in one call rather than page by page during the write.
+            region.populate_write();
+        }
         if let Some(dst) = region.bytes_mut().get_mut(data_len..) {
             dst.copy_from_slice(metadata);
         }
@@ -271,22 +278,24 @@ impl Inner {
     /// Seals an object this client created, sending its digest, and drops the reference
     /// create held for the seal.
     pub fn seal(&mut self, id: ObjectId) -> Result<(), Error> {
-        self.seal_as(id, None)
+        self.seal_with(id, None)
     }
 
-    /// [`Inner::seal`] sending `digest` if given instead of computing it (the gateway keeps
-    /// the digest of the copy it pulled).
-    pub fn seal_as(&mut self, id: ObjectId, given: Option<Digest>) -> Result<(), Error> {
+    /// [`Inner::seal`] with the digest already computed over the object's current contents
+    /// (by [`crate::digest::copy_and_digest`] while writing them); `None` computes it here.
+    pub fn seal_with(&mut self, id: ObjectId, known: Option<Digest>) -> Result<(), Error> {
         self.conn()?;
-        let digest = match (self.in_use.get(&id), given) {
-            (None, _) => return Err(Error::ObjectNotFound(id)),
-            (Some(e), _) if e.sealed => return Err(Error::AlreadySealed(id)),
-            (Some(e), _) if e.writer => return Err(Error::ObjectInUse(id)),
-            (Some(_), Some(digest)) => digest,
-            (Some(e), None) => {
-                let (data, metadata) = e.parts();
-                object_digest(data, metadata)
-            }
+        let digest = match self.in_use.get(&id) {
+            None => return Err(Error::ObjectNotFound(id)),
+            Some(e) if e.sealed => return Err(Error::AlreadySealed(id)),
+            Some(e) if e.writer => return Err(Error::ObjectInUse(id)),
+            Some(e) => match known {
+                Some(d) => d,
+                None => {
+                    let (data, metadata) = e.parts();
+                    object_digest(data, metadata)
+                }
+            },
         };
         let r = match self.call(&Request::Seal {
             object_id: id,
