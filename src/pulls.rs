@@ -25,6 +25,10 @@ pub struct Pulls {
     outstanding: HashSet<ObjectId>,
     /// The limit was hit and not yet logged since it last had room.
     full_logged: bool,
+    /// Ids sent to a gateway as misses, ever.
+    requested_total: u64,
+    /// Ids a gateway reported as failed, ever.
+    failed_total: u64,
 }
 
 impl Pulls {
@@ -61,6 +65,7 @@ impl Pulls {
                 out.push(id);
             }
         }
+        self.requested_total += out.len() as u64;
         out
     }
 
@@ -73,9 +78,20 @@ impl Pulls {
 
     /// The gateway could not pull these; a later get asks again.
     pub fn failed(&mut self, ids: &[ObjectId]) {
+        self.failed_total += ids.len() as u64;
         for id in ids {
             self.created(id);
         }
+    }
+
+    /// Ids sent to a gateway as misses since start-up.
+    pub fn requested_total(&self) -> u64 {
+        self.requested_total
+    }
+
+    /// Ids a gateway reported it could not pull since start-up.
+    pub fn failed_total(&self) -> u64 {
+        self.failed_total
     }
 
     /// Number of pulls outstanding.
@@ -105,6 +121,7 @@ mod tests {
         p.created(&oid(1));
         p.failed(&[oid(2)]);
         assert_eq!(p.take_misses([oid(1), oid(2)]), vec![oid(1), oid(2)]);
+        assert_eq!((p.requested_total(), p.failed_total()), (4, 1));
         p.set_registered(false);
         assert_eq!(p.outstanding(), 0);
         p.set_registered(true);

@@ -282,6 +282,11 @@ impl Store {
         }
     }
 
+    /// The remote pulls asked of the gateway (for metrics).
+    pub fn pulls(&self) -> &Pulls {
+        &self.pulls
+    }
+
     /// Registers a new client.
     pub fn connect(&mut self, client: ClientId) {
         self.clients.insert(client, ClientState::default());
