@@ -314,7 +314,7 @@ def worker_main(argv):
 class Daemon:
     """One running store: its process, socket and log."""
 
-    def __init__(self, kind, exe, memory, workdir):
+    def __init__(self, kind, exe, memory, workdir, extra=()):
         self.kind = kind
         self.memory = memory
         Daemon.count = getattr(Daemon, "count", 0) + 1
@@ -323,7 +323,7 @@ class Daemon:
         self.log = open(self.log_path, "wb")
         self.t_start = time.perf_counter()
         self.proc = subprocess.Popen(
-            [exe, "-m", str(memory), "-s", self.socket],
+            [exe, "-m", str(memory), "-s", self.socket, *extra],
             stdin=subprocess.DEVNULL, stdout=self.log, stderr=self.log,
         )
         self.pid = self.proc.pid
@@ -386,6 +386,7 @@ class Bench:
         self.meta = {}  # metric key -> (section, workload, metric, unit, better)
         self.levels = {}  # scaling metric key -> (operation, objects stored)
         self.raw = []  # every driver result, for the JSON file
+        self.warm_busy = []  # warmup section: was ours still warming up after each workload
 
     # -- bookkeeping
     def record(self, section, workload, metric, unit, better, kind, value, level=None):
@@ -396,8 +397,8 @@ class Bench:
         if level is not None:
             self.levels[key] = level
 
-    def start(self, kind, memory):
-        d = Daemon(kind, self.exe[kind], memory, self.workdir)
+    def start(self, kind, memory, extra=()):
+        d = Daemon(kind, self.exe[kind], memory, self.workdir, extra)
         d.wait_socket()
         return d
 
@@ -607,6 +608,42 @@ class Bench:
                             "start-up", f"{label} GB/s", "GB/s", "higher", kind,
                             size_gb / r["each_s"][0])
 
+    def section_warmup(self, rnd):
+        """The per-operation workloads on stores measured right after start-up with -m 4GiB,
+        while ours makes its memory resident in the background: ours against the reference,
+        and ours against ours with --no-prefault (shown in the 'ref' column). A fresh daemon
+        per client; the workloads run at once, in the order of OPS_WORKLOADS."""
+        a = self.args
+        variants = [("ours", "ours", ()), ("ref", "ref", ()),
+                    ("nopf", "ours", ("--no-prefault",))]
+        order = variants if rnd % 2 == 0 else variants[::-1]
+        for client in CLIENTS:
+            label = CLIENT_LABEL[client]
+            for name, kind, extra in order:
+                d = self.start(kind, a.warm_memory, extra)
+                try:
+                    for workload, title in OPS_WORKLOADS:
+                        r = self.drive(client, workload, d, n=a.n)
+                        threads = len(os.listdir(f"/proc/{d.pid}/task"))
+                        r["threads_after"] = threads
+                        if name == "ours":
+                            self.warm_busy.append(threads > 1)
+                        rate = r["ops"] / r["seconds"]
+                        cpu = cpu_seconds(r) / r["ops"] * 1e6
+                        if name in ("ours", "ref"):
+                            row = f"{title}, right after start-up"
+                            self.record("warmup", row, f"{label} ops/s", "ops/s", "higher",
+                                        name, rate)
+                        if name in ("ours", "nopf"):
+                            row = f"{title}, right after start-up (ref column: ours --no-prefault)"
+                            col = "ours" if name == "ours" else "ref"
+                            self.record("warmup", row, f"{label} ops/s", "ops/s", "higher",
+                                        col, rate)
+                            self.record("warmup", row, f"{label} daemon CPU µs/op (all threads)",
+                                        "µs", "lower", col, cpu)
+                finally:
+                    d.stop()
+
     def section_startup(self, rnd):
         a = self.args
         plasma = plasma_module()
@@ -695,6 +732,10 @@ class Bench:
                     f"{fmt(min(v['ours']))}–{fmt(max(v['ours']))} | "
                     f"{fmt(min(v['ref']))}–{fmt(max(v['ref']))} |")
             lines.append("")
+        if self.warm_busy:
+            lines.append(f"Warm-up section: ours was still making memory resident after "
+                         f"{sum(self.warm_busy)} of {len(self.warm_busy)} workloads.")
+            lines.append("")
         lines += self.growth_table()
         n = self.noise
         lines.append("Machine load from other processes: "
@@ -723,12 +764,13 @@ SCALING_WORKLOADS = [
     ("contains", "contains"),
     ("create-seal", "create + seal 64 B"),
 ]
-SECTIONS = ["ops", "scaling", "rss", "put", "startup"]
+SECTIONS = ["ops", "scaling", "rss", "put", "startup", "warmup"]
 SECTION_TITLES = {
     "per-op": "Per-operation workloads (store holds almost nothing)",
     "put": "Large puts (a fresh daemon per measurement)",
     "memory": "Daemon memory (from /proc/PID/status; objects made by the Rust client)",
     "start-up": "Start-up",
+    "warmup": "Right after start-up with -m 4GiB, while memory is made resident",
     "scaling": "Scaling with the number of objects stored",
 }
 
@@ -867,6 +909,7 @@ def main(argv):
     a.put_memory = 2 * GIB
     a.put_settle = 2.0  # seconds a store is left idle before the "after start-up" put
     a.startup_memory = 4 * GIB
+    a.warm_memory = 4 * GIB
     a.clients = 4
     a.rss_objects = 140_000
     a.wake_gap_us = 1000

@@ -33,6 +33,114 @@ pub fn object_digest(data: &[u8], metadata: &[u8]) -> Digest {
     outer.digest().to_le_bytes()
 }
 
+/// Copies `src` into `dst` (the shorter length of the two) and returns the digest of the
+/// copied data followed by `metadata`, equal to [`object_digest`] of the result. One pass: each
+/// block is hashed right after it is copied, while it is still in the cache, instead of a
+/// second pass over memory for the digest. Large data is done one digest part per thread, by
+/// up to `threads` threads (part boundaries as in [`object_digest`]).
+pub fn copy_and_digest(dst: &mut [u8], src: &[u8], metadata: &[u8], threads: usize) -> Digest {
+    let n = dst.len().min(src.len());
+    let (dst, src) = (&mut dst[..n], &src[..n]);
+    let mut outer = Xxh64::new(0);
+    if n < PARALLEL_THRESHOLD {
+        dst.copy_from_slice(src);
+        outer.update(src);
+    } else {
+        let chunk = (n / 64 / PARTS) * 64;
+        let mut hashes = [0u64; PARTS + 1];
+        let workers = if n >= THREADED_THRESHOLD {
+            threads.clamp(1, PARTS + 1)
+        } else {
+            1
+        };
+        copy_parts_threaded(dst, src, chunk, workers, &mut hashes);
+        for h in hashes {
+            outer.update(&h.to_le_bytes());
+        }
+    }
+    outer.update(metadata);
+    outer.digest().to_le_bytes()
+}
+
+/// Bytes copied then hashed at a time: small enough to stay in the cache between the two.
+const COPY_BLOCK: usize = 64 << 10;
+
+/// Copies one part block by block, hashing each block after copying it.
+fn copy_hash(dst: &mut [u8], src: &[u8]) -> u64 {
+    let mut h = Xxh64::new(0);
+    for (d, s) in dst.chunks_mut(COPY_BLOCK).zip(src.chunks(COPY_BLOCK)) {
+        d.copy_from_slice(s);
+        h.update(s);
+    }
+    h.digest()
+}
+
+/// The digest parts of `dst` and `src` (eight of `chunk` bytes, then the tail).
+fn split_parts<'a>(
+    mut dst: &'a mut [u8],
+    mut src: &'a [u8],
+    chunk: usize,
+) -> Vec<(&'a mut [u8], &'a [u8])> {
+    let mut parts = Vec::with_capacity(PARTS + 1);
+    for _ in 0..PARTS {
+        let (d, d_rest) = dst.split_at_mut(chunk.min(dst.len()));
+        let (s, s_rest) = src.split_at(chunk.min(src.len()));
+        parts.push((d, s));
+        (dst, src) = (d_rest, s_rest);
+    }
+    parts.push((dst, src));
+    parts
+}
+
+/// Copies and hashes the parts, spread over `workers` threads (the caller's included). Parts
+/// whose thread could not be started are done by the calling thread.
+fn copy_parts_threaded(
+    dst: &mut [u8],
+    src: &[u8],
+    chunk: usize,
+    workers: usize,
+    hashes: &mut [u64; PARTS + 1],
+) {
+    let per = (PARTS + 1).div_ceil(workers);
+    let failed = std::thread::scope(|s| {
+        let mut failed = Vec::new();
+        let mut parts = split_parts(dst, src, chunk);
+        let mut groups = Vec::new();
+        while !parts.is_empty() {
+            let rest = parts.split_off(per.min(parts.len()));
+            groups.push(parts);
+            parts = rest;
+        }
+        let mut outs = hashes.chunks_mut(per).zip(groups).enumerate();
+        let mine = outs.next();
+        for (g, (out, group)) in outs {
+            let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
+                for (slot, (d, src)) in out.iter_mut().zip(group) {
+                    *slot = copy_hash(d, src);
+                }
+            });
+            if spawned.is_err() {
+                failed.push(g);
+            }
+        }
+        if let Some((_, (out, group))) = mine {
+            for (slot, (d, src)) in out.iter_mut().zip(group) {
+                *slot = copy_hash(d, src);
+            }
+        }
+        failed
+    });
+    if failed.is_empty() {
+        return;
+    }
+    let parts = split_parts(dst, src, chunk);
+    for (i, (d, src)) in parts.into_iter().enumerate() {
+        if failed.contains(&(i / per)) {
+            hashes[i] = copy_hash(d, src);
+        }
+    }
+}
+
 /// Hashes parts `first..first + out.len()` of `data` (part `PARTS` is the tail) into `out`.
 fn hash_parts(data: &[u8], chunk: usize, first: usize, out: &mut [u64]) {
     for (k, slot) in out.iter_mut().enumerate() {
@@ -115,5 +223,31 @@ mod tests {
         }
         outer.update(b"meta");
         assert_eq!(object_digest(&data, b"meta"), outer.digest().to_le_bytes());
+    }
+
+    #[test]
+    fn copy_and_digest_copies_and_gives_the_object_digest() {
+        // Sizes around both thresholds, with tails of every kind, and thread counts from one
+        // to more than the parts.
+        for len in [
+            0,
+            100,
+            (1 << 20) - 1,
+            1 << 20,
+            (3 << 20) + 77,
+            (9 << 20) + 4097,
+        ] {
+            let src: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8).collect();
+            for threads in [1, 2, 6, 64] {
+                let mut dst = vec![0u8; len];
+                let d = copy_and_digest(&mut dst, &src, b"md", threads);
+                assert!(dst == src, "copy of {len} bytes with {threads} threads");
+                assert_eq!(
+                    d,
+                    object_digest(&src, b"md"),
+                    "{len} bytes, {threads} threads"
+                );
+            }
+        }
     }
 }

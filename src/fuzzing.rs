@@ -112,13 +112,25 @@ fn check_notification(infos: &[ObjectInfo]) -> Vec<u8> {
     bytes
 }
 
-/// Fuzz target body: the first byte picks a message type (modulo 36), the rest is the body.
-/// Bodies that decode as a request must round-trip.
+/// The message type a fuzz input's first byte picks: the original's 36 types and the
+/// extension's 6, modulo 42.
+fn pick_type(t: u8) -> MessageType {
+    let n = MessageType::ALL.len() + MessageType::EXTENSIONS.len();
+    let i = usize::from(t) % n;
+    MessageType::ALL
+        .get(i)
+        .or_else(|| MessageType::EXTENSIONS.get(i - MessageType::ALL.len()))
+        .copied()
+        .unwrap_or(MessageType::ConnectRequest)
+}
+
+/// Fuzz target body: the first byte picks a message type (see `pick_type`), the rest is the
+/// body. Bodies that decode as a request must round-trip.
 pub fn decode_request(data: &[u8]) {
     let Some((&t, body)) = data.split_first() else {
         return;
     };
-    let t = MessageType::ALL[usize::from(t) % MessageType::ALL.len()];
+    let t = pick_type(t);
     if let Ok(r) = protocol::decode_request(t, body) {
         assert_eq!(r.message_type(), t);
         let encoded = check_request(&r);
@@ -126,12 +138,24 @@ pub fn decode_request(data: &[u8]) {
     }
 }
 
-/// Fuzz target body: as [`decode_request`], for replies.
+/// Fuzz target body: as [`decode_request`], for replies, and for the gateway's miss
+/// messages (what a gateway reads from the store).
 pub fn decode_reply(data: &[u8]) {
     let Some((&t, body)) = data.split_first() else {
         return;
     };
-    let t = MessageType::ALL[usize::from(t) % MessageType::ALL.len()];
+    let t = pick_type(t);
+    if t == MessageType::GatewayMiss {
+        if let Ok(ids) = protocol::decode_gateway_miss(body) {
+            let mut encoded = Vec::new();
+            Encoder::new().gateway_miss(&ids, &mut encoded);
+            let (t2, body2) = single_frame(&encoded);
+            assert_eq!(t2, MessageType::GatewayMiss);
+            assert_eq!(protocol::decode_gateway_miss(&body2).ok(), Some(ids));
+            assert_bounded(body.len(), encoded.len());
+        }
+        return;
+    }
     if let Ok(r) = protocol::decode_reply(t, body) {
         assert_eq!(r.message_type(), t);
         let encoded = check_reply(&r);

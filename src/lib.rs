@@ -5,11 +5,13 @@
 //! - [`client`]: a blocking Rust client.
 //! - [`server`]: the store daemon (one mio event loop that owns every piece of state).
 //! - [`store`]: the object table and lifecycle, independent of sockets.
+//! - [`pulls`]: which objects the gateway was asked to fetch from other machines.
 //! - [`external`]: external stores for evicted objects (`hashtable://`, the `file://` spill tier).
 //! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
 //! - [`shm`]: the shared-memory segment.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
 //! - [`digest`]: the object digest the original client computes.
+//! - [`warmup`]: the background thread that makes the segment resident after start-up.
 
 pub mod arena;
 pub mod client;
@@ -17,9 +19,11 @@ pub mod digest;
 pub mod external;
 pub mod fdpass;
 pub mod protocol;
+pub mod pulls;
 pub mod server;
 pub mod shm;
 pub mod store;
+pub mod warmup;
 
 #[doc(hidden)]
 pub mod fuzzing;

@@ -35,6 +35,15 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
   --no-prefault  leave shared memory to be allocated on first touch (by default the store
                makes it resident in the background, while idle, after start-up)
 
+When the store is full (see the README):
+  --create-wait MS       a create that does not fit even after eviction waits up to MS
+                         milliseconds for memory to free, in arrival order (default 0: fail
+                         at once with PlasmaStoreFull, as the original)
+  --fallback-dir DIR     objects shared memory cannot hold (after eviction and waiting) go
+                         to disk-backed segments in DIR (unlinked files; default: none)
+  --fallback-limit BYTES most bytes of objects in the fallback tier (default: what the disk
+                         holds)
+
 Access (the shared memory is reachable only through fds the store hands to its clients):
   --socket-mode MODE             permissions of the socket file, octal (default 600: only
                                  the store's user may connect; 660 or 666 widen it)
@@ -169,6 +178,14 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                     .collect::<Result<Vec<u32>, _>>()
                     .map_err(|_| format!("--allow-uid: bad user id list {v:?}"))?;
                 c.allowed_uids.get_or_insert_with(Vec::new).extend(uids);
+            }
+            "create-wait" => {
+                let ms = parse_count(&flag, &value("milliseconds")?)?;
+                c.store.create_wait = std::time::Duration::from_millis(ms as u64);
+            }
+            "fallback-dir" => c.store.fallback_dir = Some(PathBuf::from(value("a directory")?)),
+            "fallback-limit" => {
+                c.store.fallback_limit = Some(parse_size(&flag, &value("a size")?)?)
             }
             "spill-limit" => c.store.spill_limit = Some(parse_size(&flag, &value("a size")?)?),
             "max-connections" => c.max_connections = parse_count(&flag, &value("a number")?)?,

@@ -27,20 +27,26 @@ use slab::Slab;
 
 use crate::fdpass;
 use crate::protocol::{
-    Encoder, FrameDecoder, HEADER_LEN, ObjectInfo, ProtocolError, Reply, Request, decode_request,
+    Encoder, FrameDecoder, HEADER_LEN, ObjectId, ObjectInfo, PlasmaError, ProtocolError, Reply,
+    Request, decode_request,
 };
 use crate::shm::SEGMENT_BASE;
 use crate::store::{ClientId, Sink, Store, StoreConfig};
+use crate::warmup::Warmup;
 
 const LISTENER: Token = Token(usize::MAX);
 const SIGNALS: Token = Token(usize::MAX - 1);
+
+/// Tokens of a connection: `key * TOKENS_PER_CONN + ` one of these.
+const TOKENS_PER_CONN: usize = 4;
+const STREAM: usize = 0;
+const NOTIFICATIONS: usize = 1;
+const MISSES: usize = 2;
 
 /// Frames handled for one connection before the loop turns to others.
 const FRAMES_PER_TURN: usize = 64;
 /// How long accepting pauses after the process ran out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Bytes of shared memory made resident per idle loop turn (about a millisecond of work).
-const WARM_CHUNK: u64 = 8 << 20;
 /// Most fds a connection may have in flight before they are matched to a SubscribeRequest.
 const MAX_PENDING_FDS: usize = 4;
 
@@ -86,7 +92,8 @@ impl ServerConfig {
     }
 }
 
-/// A subscriber's notification socket and its queue.
+/// A socket the store pushes messages to (a subscriber's notification socket, or the
+/// gateway's miss socket) and its queue.
 struct Subscriber {
     sock: UnixStream,
     /// Encoded notifications (length prefix included), oldest first; one buffer per
@@ -108,8 +115,9 @@ struct Conn {
     received: u64,
     /// Fds received, each with the stream offset just past the byte that carried it.
     fds: VecDeque<(u64, OwnedFd)>,
-    /// A SubscribeRequest was handled; the next byte should carry the notification fd.
-    awaiting_fd: bool,
+    /// A SubscribeRequest or GatewayRegisterRequest was handled; the next byte should carry
+    /// the fd of the socket it is about.
+    awaiting_fd: Option<FdFor>,
     /// Bytes queued for the client.
     out: Vec<u8>,
     /// Stream offset of `out[0]`.
@@ -119,6 +127,8 @@ struct Conn {
     /// Segment fds to send, each after the stream offset it is paired with.
     out_fds: VecDeque<(u64, i32)>,
     subscriber: Option<Subscriber>,
+    /// The miss socket, on the gateway's connection.
+    misses: Option<Subscriber>,
     /// Reading stopped because too many reply bytes are queued.
     paused: bool,
     /// Registered for writability: only while a write is blocked, since an edge-triggered
@@ -133,6 +143,13 @@ struct Conn {
     dead: bool,
 }
 
+/// What an fd that a client sends after a request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FdFor {
+    Subscribe,
+    Gateway,
+}
+
 impl Conn {
     fn new(stream: UnixStream, max_body: usize) -> Conn {
         Conn {
@@ -140,12 +157,13 @@ impl Conn {
             decoder: FrameDecoder::new(max_body),
             received: 0,
             fds: VecDeque::new(),
-            awaiting_fd: false,
+            awaiting_fd: None,
             out: Vec::new(),
             out_base: 0,
             out_pos: 0,
             out_fds: VecDeque::new(),
             subscriber: None,
+            misses: None,
             paused: false,
             want_write: false,
             eof: false,
@@ -175,6 +193,8 @@ struct Outbox<'a> {
     enc: &'a mut Encoder,
     scratch: &'a mut Vec<u8>,
     max_notification_bytes: usize,
+    /// The registered gateway's connection.
+    gateway: Option<usize>,
 }
 
 impl Sink for Outbox<'_> {
@@ -215,6 +235,27 @@ impl Sink for Outbox<'_> {
             s.queue.push_back(Rc::clone(msg));
         }
     }
+
+    fn gateway_miss(&mut self, object_ids: &[ObjectId]) {
+        let Some(key) = self.gateway else {
+            return;
+        };
+        let Some(s) = self.conns.get_mut(key).and_then(|c| c.misses.as_mut()) else {
+            return;
+        };
+        if s.overflowed {
+            return;
+        }
+        self.scratch.clear();
+        self.enc.gateway_miss(object_ids, self.scratch);
+        *self.notified = true;
+        if s.queued_bytes + self.scratch.len() > self.max_notification_bytes {
+            s.overflowed = true;
+            return;
+        }
+        s.queued_bytes += self.scratch.len();
+        s.queue.push_back(Rc::from(&self.scratch[..]));
+    }
 }
 
 /// The store's [`Sink`] over the server's fields, borrowed apart from the store itself.
@@ -228,6 +269,7 @@ macro_rules! outbox {
             enc: &mut $s.enc,
             scratch: &mut $s.scratch,
             max_notification_bytes: $s.config.max_notification_bytes,
+            gateway: $s.gateway,
         }
     };
 }
@@ -258,12 +300,32 @@ pub struct Server {
     /// Accepting failed and has not worked since.
     accept_failing: bool,
     max_body: usize,
-    /// Shared memory below this offset is resident; the loop warms the rest up while idle.
-    warm_next: u64,
-    /// Where warming up stops.
-    warm_end: u64,
+    /// The background warm-up of the segment; held only to stop it when the server goes.
+    _warmup: Option<Warmup>,
     /// A notification was queued this turn: subscribers need writing.
     notified: bool,
+    /// The connection registered as the gateway (the extension), if any.
+    gateway: Option<usize>,
+}
+
+impl Subscriber {
+    fn new(sock: UnixStream) -> Subscriber {
+        Subscriber {
+            sock,
+            queue: VecDeque::new(),
+            sent: 0,
+            queued_bytes: 0,
+            overflowed: false,
+            registered: false,
+        }
+    }
+}
+
+/// A socket received from a client for the store to push messages to, made non-blocking.
+fn push_socket(fd: OwnedFd) -> io::Result<UnixStream> {
+    let std = std::os::unix::net::UnixStream::from(fd);
+    std.set_nonblocking(true)?;
+    Ok(UnixStream::from_std(std))
 }
 
 /// Whether a live process serves `path`: an existing socket that accepts connections.
@@ -331,14 +393,25 @@ impl Server {
             SIGNALS,
             Interest::READABLE,
         )?;
-        let warm_end = if config.prefault {
-            config
+        let warmup = if config.prefault {
+            let end = config
                 .store
                 .capacity
                 .saturating_add(SEGMENT_BASE)
-                .min(store.segment().usable_len() + SEGMENT_BASE)
+                .min(store.segment().usable_len() + SEGMENT_BASE);
+            match store
+                .segment()
+                .duplicate_fd()
+                .and_then(|fd| Warmup::start(fd, SEGMENT_BASE, end))
+            {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    info!("shared memory is not made resident in the background: {e}");
+                    None
+                }
+            }
         } else {
-            SEGMENT_BASE
+            None
         };
         // The largest legitimate request carries a whole object inline (CreateAndSeal).
         let max_body = config.max_request_bytes.unwrap_or_else(|| {
@@ -363,9 +436,9 @@ impl Server {
             accept_paused_until: None,
             accept_failing: false,
             max_body,
-            warm_next: SEGMENT_BASE,
-            warm_end,
+            _warmup: warmup,
             notified: false,
+            gateway: None,
         })
     }
 
@@ -392,8 +465,8 @@ impl Server {
                         }
                     }
                     Token(t) => {
-                        let key = t / 2;
-                        if t % 2 == 1 {
+                        let key = t / TOKENS_PER_CONN;
+                        if t % TOKENS_PER_CONN != STREAM {
                             self.notified = true;
                         } else {
                             if event.is_writable() {
@@ -408,32 +481,6 @@ impl Server {
                 }
             }
             self.turn();
-            if events.is_empty() {
-                self.warm_step();
-            }
-        }
-    }
-
-    /// Makes the next chunk of shared memory resident (called when the loop is idle).
-    fn warm_step(&mut self) {
-        if self.warm_next >= self.warm_end {
-            return;
-        }
-        let len = WARM_CHUNK.min(self.warm_end - self.warm_next);
-        match self.store.segment().populate(self.warm_next, len) {
-            Ok(()) => {
-                self.warm_next += len;
-                if self.warm_next >= self.warm_end {
-                    debug!("shared memory is resident ({} bytes)", self.warm_end);
-                }
-            }
-            Err(e) => {
-                info!(
-                    "stopped making shared memory resident at {} of {} bytes: {e}",
-                    self.warm_next, self.warm_end
-                );
-                self.warm_end = self.warm_next;
-            }
         }
     }
 
@@ -457,7 +504,7 @@ impl Server {
     }
 
     fn poll_timeout(&mut self) -> Option<Duration> {
-        if !self.ready.is_empty() || !self.unread.is_empty() || self.warm_next < self.warm_end {
+        if !self.ready.is_empty() || !self.unread.is_empty() {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
@@ -502,7 +549,7 @@ impl Server {
                     let key = entry.key();
                     if let Err(e) = self.poll.registry().register(
                         &mut stream,
-                        Token(key * 2),
+                        Token(key * TOKENS_PER_CONN + STREAM),
                         Interest::READABLE,
                     ) {
                         warn!("cannot watch a new connection: {e}");
@@ -614,25 +661,28 @@ impl Server {
                 c.paused = true;
                 return;
             }
-            if c.awaiting_fd {
+            if let Some(purpose) = c.awaiting_fd {
                 if c.decoder.buffered() == 0 {
                     if c.eof {
                         self.end_of_input(key);
                     }
                     return;
                 }
-                c.awaiting_fd = false;
+                c.awaiting_fd = None;
                 let at = c.consumed() + 1;
-                match c.fds.front() {
-                    Some((pos, _)) if *pos == at => {
-                        if let Some((_, fd)) = c.fds.pop_front() {
-                            c.decoder.skip_byte();
-                            self.subscribe(key, fd);
-                        }
-                    }
-                    _ => {
+                let fd = match c.fds.front() {
+                    Some((pos, _)) if *pos == at => c.fds.pop_front().map(|(_, fd)| fd),
+                    _ => None,
+                };
+                if fd.is_some() {
+                    c.decoder.skip_byte();
+                }
+                match (purpose, fd) {
+                    (FdFor::Subscribe, Some(fd)) => self.subscribe(key, fd),
+                    (FdFor::Subscribe, None) => {
                         warn!("client {key}: subscribe request without a file descriptor; ignored")
                     }
+                    (FdFor::Gateway, fd) => self.register_gateway(key, fd),
                 }
                 continue;
             }
@@ -704,8 +754,21 @@ impl Server {
             Request::Disconnect => self.kill(key),
             Request::Subscribe => {
                 if let Some(c) = self.conns.get_mut(key) {
-                    c.awaiting_fd = true;
+                    c.awaiting_fd = Some(FdFor::Subscribe);
                 }
+            }
+            Request::GatewayRegister => {
+                if let Some(c) = self.conns.get_mut(key) {
+                    c.awaiting_fd = Some(FdFor::Gateway);
+                }
+            }
+            Request::GatewayPullFailed { .. } | Request::GatewayInfo { .. }
+                if self.gateway != Some(key) =>
+            {
+                warn!(
+                    "client {key}: gateway message from a connection that is not the gateway; disconnecting it"
+                );
+                self.kill(key);
             }
             Request::Unsubscribe => {
                 warn!("client {key}: unsubscribe is not part of the protocol; ignored");
@@ -721,6 +784,38 @@ impl Server {
         }
     }
 
+    /// Makes `key` the gateway, with `fd` as its miss socket, unless another connection is the
+    /// gateway already or the fd is missing; answers the registration either way.
+    fn register_gateway(&mut self, key: usize, fd: Option<OwnedFd>) {
+        let error = match (self.gateway, fd) {
+            (Some(g), _) => {
+                warn!("client {key} asked to be the gateway, but client {g} is; refused");
+                PlasmaError::ObjectExists
+            }
+            (None, None) => {
+                warn!("client {key}: gateway registration without a file descriptor; refused");
+                PlasmaError::ObjectNotFound
+            }
+            (None, Some(fd)) => match push_socket(fd) {
+                Ok(sock) => {
+                    if let Some(c) = self.conns.get_mut(key) {
+                        c.misses = Some(Subscriber::new(sock));
+                        self.gateway = Some(key);
+                        self.store.set_gateway(true);
+                        info!("client {key} registered as the gateway");
+                    }
+                    PlasmaError::Ok
+                }
+                Err(e) => {
+                    warn!("client {key}: cannot use its miss socket: {e}; refused");
+                    PlasmaError::ObjectNotFound
+                }
+            },
+        };
+        let mut out = outbox!(self);
+        out.reply(key, &Reply::GatewayRegister { error });
+    }
+
     /// Makes `fd` the notification socket of `key` and queues one notification per sealed
     /// object.
     fn subscribe(&mut self, key: usize, fd: OwnedFd) {
@@ -731,20 +826,14 @@ impl Server {
             warn!("client {key} subscribed twice; keeping the first subscription");
             return;
         }
-        let std = std::os::unix::net::UnixStream::from(fd);
-        if let Err(e) = std.set_nonblocking(true) {
-            warn!("client {key}: cannot use its notification fd: {e}");
-            return;
-        }
-        let sock = UnixStream::from_std(std);
-        let mut s = Subscriber {
-            sock,
-            queue: VecDeque::new(),
-            sent: 0,
-            queued_bytes: 0,
-            overflowed: false,
-            registered: false,
+        let sock = match push_socket(fd) {
+            Ok(sock) => sock,
+            Err(e) => {
+                warn!("client {key}: cannot use its notification fd: {e}");
+                return;
+            }
         };
+        let mut s = Subscriber::new(sock);
         for info in self.store.sealed_infos() {
             self.scratch.clear();
             self.enc
@@ -782,6 +871,9 @@ impl Server {
                 }
                 self.subscribers
                     .retain(|k| self.conns.get(*k).is_some_and(|c| c.subscriber.is_some()));
+                if let Some(key) = self.gateway {
+                    self.flush_misses(key);
+                }
             }
             if self.dead.is_empty() && self.dirty.is_empty() {
                 break;
@@ -857,11 +949,11 @@ impl Server {
             } else {
                 Interest::READABLE
             };
-            match self
-                .poll
-                .registry()
-                .reregister(&mut c.stream, Token(key * 2), interest)
-            {
+            match self.poll.registry().reregister(
+                &mut c.stream,
+                Token(key * TOKENS_PER_CONN + STREAM),
+                interest,
+            ) {
                 Ok(()) => c.want_write = blocked,
                 Err(e) => {
                     warn!("client {key}: cannot watch its socket: {e}");
@@ -887,14 +979,34 @@ impl Server {
     /// Writes a subscriber's queued notifications; drops the subscription on overflow or
     /// error.
     fn flush_notifications(&mut self, key: usize) {
+        self.flush_push(key, NOTIFICATIONS);
+    }
+
+    /// Writes the gateway's queued misses; a gateway that does not read them (or whose miss
+    /// socket fails) is disconnected, which forgets its pulls.
+    fn flush_misses(&mut self, key: usize) {
+        if self.flush_push(key, MISSES) {
+            warn!("the gateway (client {key}) does not take its misses; disconnecting it");
+            self.kill(key);
+        }
+    }
+
+    /// Writes one push socket's queue (`which`: NOTIFICATIONS or MISSES); on overflow or
+    /// error drops it and returns true.
+    fn flush_push(&mut self, key: usize, which: usize) -> bool {
         let Some(c) = self.conns.get_mut(key) else {
-            return;
+            return false;
         };
-        let Some(s) = c.subscriber.as_mut() else {
-            return;
+        let slot = if which == MISSES {
+            &mut c.misses
+        } else {
+            &mut c.subscriber
+        };
+        let Some(s) = slot.as_mut() else {
+            return false;
         };
         let mut drop_it = s.overflowed;
-        if drop_it {
+        if drop_it && which == NOTIFICATIONS {
             warn!("client {key} does not read its notifications; dropping its subscription");
         }
         while !drop_it {
@@ -920,7 +1032,7 @@ impl Server {
         }
         let blocked = !s.queue.is_empty();
         if !drop_it && blocked != s.registered {
-            let token = Token(key * 2 + 1);
+            let token = Token(key * TOKENS_PER_CONN + which);
             let r = if blocked {
                 self.poll
                     .registry()
@@ -937,11 +1049,12 @@ impl Server {
             }
         }
         if drop_it
-            && let Some(mut s) = c.subscriber.take()
+            && let Some(mut s) = slot.take()
             && s.registered
         {
             let _ = self.poll.registry().deregister(&mut s.sock);
         }
+        drop_it
     }
 
     /// Forgets a connection: the store cleans up after the client, then the socket closes.
@@ -956,10 +1069,18 @@ impl Server {
         self.flush_notifications(key);
         let mut c = self.conns.remove(key);
         let _ = self.poll.registry().deregister(&mut c.stream);
-        if let Some(s) = c.subscriber.as_mut()
-            && s.registered
+        for s in [c.subscriber.as_mut(), c.misses.as_mut()]
+            .into_iter()
+            .flatten()
         {
-            let _ = self.poll.registry().deregister(&mut s.sock);
+            if s.registered {
+                let _ = self.poll.registry().deregister(&mut s.sock);
+            }
+        }
+        if self.gateway == Some(key) {
+            self.gateway = None;
+            self.store.set_gateway(false);
+            info!("the gateway (client {key}) went away; its pulls are forgotten");
         }
         info!("client {key} disconnected");
         self.ready.retain(|k| *k != key);

@@ -108,14 +108,10 @@ impl Segment {
         self.file_size - SEGMENT_BASE - CLIENT_MAP_TAIL
     }
 
-    /// Makes `[offset, offset + len)` resident (clamped to the segment). Used to warm the
-    /// segment up in small steps while the store is idle.
-    pub fn populate(&self, offset: u64, len: u64) -> io::Result<()> {
-        let end = offset.saturating_add(len).min(self.file_size);
-        if offset >= end {
-            return Ok(());
-        }
-        populate(self.file.as_fd(), offset, end - offset)
+    /// A duplicate of the segment's fd, for a helper that works on the file on its own
+    /// (the background warm-up).
+    pub fn duplicate_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.file.as_fd().try_clone_to_owned()
     }
 
     /// The fd to hand to clients.
@@ -194,7 +190,7 @@ fn check_huge_pages(bytes: u64) -> io::Result<()> {
 
 /// Makes a range of a segment file resident (allocates its pages) without mapping it, so that
 /// clients' first writes there are minor faults instead of page allocations.
-fn populate(fd: BorrowedFd<'_>, offset: u64, len: u64) -> io::Result<()> {
+pub(crate) fn populate(fd: impl AsFd, offset: u64, len: u64) -> io::Result<()> {
     let to_off = |v: u64| {
         i64::try_from(v).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "range too large"))
     };

@@ -38,8 +38,8 @@ const REQUEST_TYPES: [i64; 19] = [
 ];
 
 /// Every reply type (and the notification type, which never travels on the main socket).
-const REPLY_TYPES: [i64; 17] = [
-    2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26, 27, 29, 31, 33, 35,
+const REPLY_TYPES: [i64; 20] = [
+    2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 26, 27, 29, 31, 33, 35, 1001, 1002, 1005,
 ];
 
 fn start() -> (Daemon, Kept) {
@@ -130,7 +130,7 @@ fn a_wrong_protocol_version_closes_only_that_connection() {
 fn unknown_and_negative_message_types_close_the_connection() {
     let (mut d, kept) = start();
     let body = body_of(&Request::Connect);
-    for t in [36i64, 37, 99, 1000, i64::MAX, -1, -2, i64::MIN] {
+    for t in [36i64, 37, 99, 999, 1006, i64::MAX, -1, -2, i64::MIN] {
         assert_eq!(probe_frame(&d, t, &body), Probe::Closed(vec![]), "type {t}");
     }
     assert_survived(&mut d, &kept);

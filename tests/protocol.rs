@@ -352,6 +352,16 @@ fn sample_requests() -> Vec<Request> {
         Request::RefreshLru {
             object_ids: vec![oid(12), oid(13)],
         },
+        Request::GatewayRegister,
+        Request::GatewayPullFailed {
+            object_ids: vec![oid(15)],
+        },
+        Request::GatewayInfo {
+            object_ids: Vec::new(),
+        },
+        Request::GatewayInfo {
+            object_ids: vec![oid(16), oid(17)],
+        },
         Request::Data {
             object_id: oid(14),
             address: b"127.0.0.1".to_vec(),
@@ -492,6 +502,12 @@ fn sample_replies() -> Vec<Reply> {
             debug_string: "ünïcödé ✓ \u{0}".repeat(100),
         },
         Reply::RefreshLru,
+        Reply::GatewayRegister {
+            error: PlasmaError::ObjectExists,
+        },
+        Reply::GatewayInfo {
+            objects: Vec::new(),
+        },
         Reply::Data {
             object_id: oid(8),
             object_size: u64::MAX,
@@ -607,6 +623,9 @@ mod roundtrip {
             MessageType::SetOptionsRequest,
             MessageType::GetDebugStringRequest,
             MessageType::RefreshLruRequest,
+            MessageType::GatewayRegisterRequest,
+            MessageType::GatewayPullFailed,
+            MessageType::GatewayInfoRequest,
         ] {
             assert!(types.contains(&t), "{t:?} not covered");
         }
@@ -635,6 +654,8 @@ mod roundtrip {
             MessageType::SetOptionsReply,
             MessageType::GetDebugStringReply,
             MessageType::RefreshLruReply,
+            MessageType::GatewayRegisterReply,
+            MessageType::GatewayInfoReply,
         ] {
             assert!(
                 samples.iter().any(|r| r.message_type() == t),
@@ -870,13 +891,14 @@ mod rejections {
         MessageType::DataRequest,
     ];
 
-    const BODYLESS_REQUESTS: [MessageType; 6] = [
+    const BODYLESS_REQUESTS: [MessageType; 7] = [
         MessageType::DisconnectClient,
         MessageType::ConnectRequest,
         MessageType::ListRequest,
         MessageType::SubscribeRequest,
         MessageType::UnsubscribeRequest,
         MessageType::GetDebugStringRequest,
+        MessageType::GatewayRegisterRequest,
     ];
 
     /// A few garbage bodies that cannot be a FlatBuffer with a table.
@@ -2622,6 +2644,9 @@ mod random {
             }),
             Just(Request::GetDebugString),
             vec(id(), 0..10).prop_map(|object_ids| Request::RefreshLru { object_ids }),
+            Just(Request::GatewayRegister),
+            vec(id(), 0..10).prop_map(|object_ids| Request::GatewayPullFailed { object_ids }),
+            vec(id(), 0..10).prop_map(|object_ids| Request::GatewayInfo { object_ids }),
             (id(), bytes(), any::<i32>()).prop_map(|(object_id, address, port)| Request::Data {
                 object_id,
                 address,
@@ -2670,6 +2695,8 @@ mod random {
             error().prop_map(|error| Reply::SetOptions { error }),
             ".{0,200}".prop_map(|debug_string| Reply::DebugString { debug_string }),
             Just(Reply::RefreshLru),
+            error().prop_map(|error| Reply::GatewayRegister { error }),
+            vec(info(), 0..6).prop_map(|objects| Reply::GatewayInfo { objects }),
             (id(), any::<u64>(), any::<u64>()).prop_map(
                 |(object_id, object_size, metadata_size)| {
                     Reply::Data {

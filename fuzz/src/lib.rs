@@ -84,7 +84,7 @@ fn info(u: &mut Unstructured) -> Result<ObjectInfo> {
 }
 
 fn request(u: &mut Unstructured) -> Result<Request> {
-    Ok(match u.int_in_range(0..=18u8)? {
+    Ok(match u.int_in_range(0..=21u8)? {
         0 => Request::Disconnect,
         1 => Request::Connect,
         2 => Request::Create {
@@ -140,6 +140,13 @@ fn request(u: &mut Unstructured) -> Result<Request> {
         17 => Request::RefreshLru {
             object_ids: ids(u)?,
         },
+        18 => Request::GatewayRegister,
+        19 => Request::GatewayPullFailed {
+            object_ids: ids(u)?,
+        },
+        20 => Request::GatewayInfo {
+            object_ids: ids(u)?,
+        },
         _ => Request::Data {
             object_id: id(u)?,
             address: u.arbitrary()?,
@@ -149,7 +156,7 @@ fn request(u: &mut Unstructured) -> Result<Request> {
 }
 
 fn reply(u: &mut Unstructured) -> Result<Reply> {
-    Ok(match u.int_in_range(0..=15u8)? {
+    Ok(match u.int_in_range(0..=17u8)? {
         0 => Reply::Connect {
             memory_capacity: u.arbitrary()?,
         },
@@ -203,6 +210,10 @@ fn reply(u: &mut Unstructured) -> Result<Reply> {
             debug_string: u.arbitrary()?,
         },
         14 => Reply::RefreshLru,
+        15 => Reply::GatewayRegister { error: error(u)? },
+        16 => Reply::GatewayInfo {
+            objects: many(u, info)?,
+        },
         _ => Reply::Data {
             object_id: id(u)?,
             object_size: u.arbitrary()?,

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use super::memory::{MutRegion, Region};
 use super::state::split;
 use super::{Error, Shared};
-use crate::protocol::ObjectId;
+use crate::digest::copy_and_digest;
+use crate::protocol::{Digest, ObjectId};
 
 /// Keeps the shared memory under a buffer mapped for as long as it lives, whatever happens to
 /// the buffer or the client (even after a failed seal or a disconnect). It holds no reference
@@ -59,6 +60,9 @@ pub struct MutableBuffer {
     lease: Lease,
     region: MutRegion,
     data_len: usize,
+    /// The digest of the current contents, when [`MutableBuffer::write_all`] computed it
+    /// while copying (any other write access forgets it).
+    digest: Option<Digest>,
 }
 
 impl MutableBuffer {
@@ -76,6 +80,7 @@ impl MutableBuffer {
             },
             region,
             data_len,
+            digest: None,
         }
     }
 
@@ -92,9 +97,24 @@ impl MutableBuffer {
 
     /// The data bytes, writable.
     pub fn data_mut(&mut self) -> &mut [u8] {
+        self.digest = None;
         let bytes = self.region.bytes_mut();
         let n = self.data_len.min(bytes.len());
         &mut bytes[..n]
+    }
+
+    /// Copies `src` into the data (the first `min(src.len(), data length)` bytes), with up to
+    /// `threads` threads for large copies, computing the object's digest in the same pass, so
+    /// that [`MutableBuffer::seal`] need not read the data again.
+    pub fn write_all(&mut self, src: &[u8], threads: usize) {
+        let data_len = self.data_len;
+        let bytes = self.region.bytes_mut();
+        let split = data_len.min(bytes.len());
+        let (data, metadata) = bytes.split_at_mut(split);
+        let complete = src.len() >= data.len();
+        let digest = copy_and_digest(data, src, metadata, threads);
+        // A short source leaves the rest of the data as it was: the digest must cover it too.
+        self.digest = complete.then_some(digest);
     }
 
     /// The metadata bytes (written by create).
@@ -111,18 +131,30 @@ impl MutableBuffer {
 
     /// Seals the object (sending its digest) and returns a read-only buffer that keeps this
     /// client's reference to it; drop that buffer to release it.
-    pub fn seal(mut self) -> Result<ObjectBuffer, Error> {
+    pub fn seal(self) -> Result<ObjectBuffer, Error> {
+        self.seal_as(None)
+    }
+
+    /// Like [`MutableBuffer::seal`], but sends `digest` as the object's digest instead of
+    /// computing it: for a copy of an object from elsewhere (the Flight gateway), which keeps
+    /// the digest its creator computed.
+    pub fn seal_with_digest(self, digest: Digest) -> Result<ObjectBuffer, Error> {
+        self.seal_as(Some(digest))
+    }
+
+    fn seal_as(mut self, given: Option<Digest>) -> Result<ObjectBuffer, Error> {
         let id = self.lease.id;
         {
             let mut inner = self.lease.shared.lock();
             inner.clear_writer(id);
             self.lease.writer = false;
-            inner.seal(id)?;
+            inner.seal_with(id, given.or(self.digest))?;
         }
         let MutableBuffer {
             lease,
             region,
             data_len,
+            ..
         } = self;
         Ok(ObjectBuffer {
             lease,

@@ -56,6 +56,8 @@ pub enum Error {
     },
     /// This connection already has a subscription; the store accepts one per connection.
     AlreadySubscribed,
+    /// Another connection is the store's gateway; the store accepts one at a time.
+    GatewayTaken,
     /// An argument the store cannot represent (a size beyond `i64::MAX`, ...).
     InvalidArgument(String),
     /// The store answered with an error code that makes no sense for the request.
@@ -156,6 +158,10 @@ impl fmt::Display for Error {
                 "the store refused a quota of {quota} bytes for client {client_name:?} (a \
                  quota can be set once per connection, and all quotas together may use at \
                  most 70% of the store's capacity)"
+            ),
+            Error::GatewayTaken => write!(
+                f,
+                "another connection is registered as this store's gateway (one at a time)"
             ),
             Error::AlreadySubscribed => write!(
                 f,

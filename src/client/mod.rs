@@ -64,6 +64,7 @@
 mod buffer;
 mod conn;
 mod error;
+mod gateway;
 mod memory;
 mod state;
 mod subscription;
@@ -77,6 +78,7 @@ use std::time::Duration;
 
 pub use self::buffer::{MappingGuard, MutableBuffer, ObjectBuffer};
 pub use self::error::Error;
+pub use self::gateway::GatewayMisses;
 pub use self::subscription::Subscription;
 pub use crate::protocol::{ObjectId, ObjectInfo};
 
@@ -306,6 +308,28 @@ impl Client {
     pub fn subscribe(&self) -> Result<Subscription, Error> {
         let sock = self.lock().subscribe()?;
         Ok(Subscription::new(sock))
+    }
+
+    /// Registers this connection as the store's gateway (this store's protocol extension, for
+    /// the Flight gateway `plasma_flight`): from now on the store reports, on the returned
+    /// [`GatewayMisses`], the objects that waiting gets name and the store does not hold.
+    /// Also enables [`Client::gateway_info`] and [`Client::gateway_pull_failed`] on this
+    /// connection. Fails with [`Error::GatewayTaken`] while another connection is the gateway.
+    pub fn register_gateway(&self) -> Result<GatewayMisses, Error> {
+        let sock = self.lock().register_gateway()?;
+        Ok(GatewayMisses::new(sock))
+    }
+
+    /// Gateway only: tells the store that pulling these objects failed, so that a later get
+    /// of them is reported again.
+    pub fn gateway_pull_failed(&self, ids: &[ObjectId]) -> Result<(), Error> {
+        self.lock().gateway_pull_failed(ids)
+    }
+
+    /// Gateway only: sizes, digest and times of those of `ids` that are sealed in the store
+    /// (absent ones are left out), without listing the whole store.
+    pub fn gateway_info(&self, ids: &[ObjectId]) -> Result<Vec<ObjectInfo>, Error> {
+        self.lock().gateway_info(ids)
     }
 
     /// Closes the connection, as libplasma does (no message): the store drops this client's

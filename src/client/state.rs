@@ -15,8 +15,12 @@ use super::conn::Conn;
 use super::memory::{MutRegion, Region, Segment};
 use crate::digest::object_digest;
 use crate::protocol::{
-    BatchObject, MessageType, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
+    BatchObject, Digest, MessageType, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
+
+/// Creates of at least this many bytes have their pages faulted in before they are written
+/// ([`MutRegion::populate_write`]); below it one madvise costs more than the faults it saves.
+const POPULATE_THRESHOLD: u64 = 4 << 20;
 
 /// What [`Inner::get`] found for one requested id: the object's bytes (data then metadata)
 /// and the data length.
@@ -243,6 +247,10 @@ impl Inner {
             ))
         })?;
         let data_len = usize::try_from(data_size).map_err(|_| bad("data size"))?;
+        if total >= POPULATE_THRESHOLD {
+            // Fresh memory is faulted in one call rather than page by page during the write.
+            region.populate_write();
+        }
         if let Some(dst) = region.bytes_mut().get_mut(data_len..) {
             dst.copy_from_slice(metadata);
         }
@@ -270,15 +278,24 @@ impl Inner {
     /// Seals an object this client created, sending its digest, and drops the reference
     /// create held for the seal.
     pub fn seal(&mut self, id: ObjectId) -> Result<(), Error> {
+        self.seal_with(id, None)
+    }
+
+    /// [`Inner::seal`] with the digest already computed over the object's current contents
+    /// (by [`crate::digest::copy_and_digest`] while writing them); `None` computes it here.
+    pub fn seal_with(&mut self, id: ObjectId, known: Option<Digest>) -> Result<(), Error> {
         self.conn()?;
         let digest = match self.in_use.get(&id) {
             None => return Err(Error::ObjectNotFound(id)),
             Some(e) if e.sealed => return Err(Error::AlreadySealed(id)),
             Some(e) if e.writer => return Err(Error::ObjectInUse(id)),
-            Some(e) => {
-                let (data, metadata) = e.parts();
-                object_digest(data, metadata)
-            }
+            Some(e) => match known {
+                Some(d) => d,
+                None => {
+                    let (data, metadata) = e.parts();
+                    object_digest(data, metadata)
+                }
+            },
         };
         let r = match self.call(&Request::Seal {
             object_id: id,
@@ -647,6 +664,56 @@ impl Inner {
                 error,
                 None,
             )),
+            other => Err(mismatch(&other)),
+        };
+        self.check(r)
+    }
+
+    /// Registers this connection as the store's gateway: sends the request and one end of a
+    /// new socket pair, for the store's misses; returns the other end.
+    pub fn register_gateway(&mut self) -> Result<UnixStream, Error> {
+        self.conn()?;
+        let (ours, theirs) = UnixStream::pair()?;
+        theirs.set_nonblocking(true)?;
+        let r = self
+            .conn()
+            .and_then(|c| c.send(&Request::GatewayRegister))
+            .and_then(|()| self.conn())
+            .and_then(|c| c.send_fd(theirs.as_fd()))
+            .and_then(|()| self.conn())
+            .and_then(|c| c.recv(MessageType::GatewayRegisterReply));
+        let r = match self.check(r)? {
+            Reply::GatewayRegister {
+                error: PlasmaError::Ok,
+            } => Ok(ours),
+            Reply::GatewayRegister {
+                error: PlasmaError::ObjectExists,
+            } => Err(Error::GatewayTaken),
+            Reply::GatewayRegister { error } => Err(Error::from_store(
+                MessageType::GatewayRegisterRequest,
+                error,
+                None,
+            )),
+            other => Err(mismatch(&other)),
+        };
+        self.check(r)
+    }
+
+    /// Tells the store these pulls failed (gateway only; no reply).
+    pub fn gateway_pull_failed(&mut self, ids: &[ObjectId]) -> Result<(), Error> {
+        self.conn()?;
+        let r = self.send(&Request::GatewayPullFailed {
+            object_ids: ids.to_vec(),
+        });
+        self.check(r)
+    }
+
+    /// Describes the sealed objects among `ids` (gateway only).
+    pub fn gateway_info(&mut self, ids: &[ObjectId]) -> Result<Vec<ObjectInfo>, Error> {
+        let r = match self.call(&Request::GatewayInfo {
+            object_ids: ids.to_vec(),
+        })? {
+            Reply::GatewayInfo { objects } => Ok(objects),
             other => Err(mismatch(&other)),
         };
         self.check(r)

@@ -552,3 +552,29 @@ fn connect_failure_names_the_socket() {
         "{e}"
     );
 }
+
+#[test]
+fn write_all_sends_the_digest_of_what_it_copied_and_a_later_write_recomputes_it() {
+    let (_dir, path, store) = fake(simple_store());
+    let c = connect(&path);
+    // Copied and hashed in one pass: the reference client's digest of 0xAB * 16 + "MD".
+    let mut b = c.create(id(1), 16, b"MD").unwrap();
+    b.write_all(&[0xAB; 16], 4);
+    drop(b.seal().unwrap());
+    // Written again after write_all: the digest must follow the bytes, not the copy.
+    let mut b = c.create(id(2), 16, b"MD").unwrap();
+    b.write_all(&[0; 16], 4);
+    b.copy_from_slice(&[0xAB; 16]);
+    drop(b.seal().unwrap());
+    c.disconnect();
+    let log = store.join().unwrap();
+    let digests: Vec<_> = log
+        .iter()
+        .filter_map(|r| match r {
+            Request::Seal { digest, .. } => Some(*digest),
+            _ => None,
+        })
+        .collect();
+    let reference = [0x68, 0x4b, 0x4b, 0x84, 0x49, 0xf6, 0x02, 0xd2];
+    assert_eq!(digests, [reference, reference]);
+}

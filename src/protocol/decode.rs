@@ -399,6 +399,13 @@ pub fn decode_request(msg_type: MessageType, body: &[u8]) -> Result<Request, Pro
                 port: t.port().unwrap_or(0),
             }
         }
+        T::GatewayRegisterRequest => Request::GatewayRegister,
+        T::GatewayPullFailed => Request::GatewayPullFailed {
+            object_ids: ids(root::<IdsOnly>(body, o)?.object_ids())?,
+        },
+        T::GatewayInfoRequest => Request::GatewayInfo {
+            object_ids: ids(root::<IdsOnly>(body, o)?.object_ids())?,
+        },
         other => return Err(ProtocolError::UnexpectedType(other)),
     })
 }
@@ -528,8 +535,20 @@ pub fn decode_reply(msg_type: MessageType, body: &[u8]) -> Result<Reply, Protoco
                 metadata_size: t.metadata_size().unwrap_or(0),
             }
         }
+        T::GatewayRegisterReply => Reply::GatewayRegister {
+            error: error_code(root::<ErrorOnly>(body, o)?.error())?,
+        },
+        T::GatewayInfoReply => Reply::GatewayInfo {
+            objects: infos(root::<ListRep>(body, o)?.objects(), "objects")?,
+        },
         other => return Err(ProtocolError::UnexpectedType(other)),
     })
+}
+
+/// Decodes the body of one miss message on the gateway's miss socket (the bytes after its
+/// header, whose type must be [`MessageType::GatewayMiss`]).
+pub fn decode_gateway_miss(body: &[u8]) -> Result<Vec<ObjectId>, ProtocolError> {
+    ids(root::<IdsOnly>(body, &reply_options())?.object_ids())
 }
 
 /// Decodes the body of one notification (the bytes after its 8-byte length).

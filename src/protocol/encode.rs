@@ -279,6 +279,35 @@ impl Encoder {
                 };
                 finish!(self, out, ty, fb::PlasmaDataRequest::create(fbb, &args))
             }
+            Request::GatewayRegister => {
+                let args = fb::PlasmaGatewayRegisterRequestArgs {};
+                finish!(
+                    self,
+                    out,
+                    ty,
+                    fb::PlasmaGatewayRegisterRequest::create(fbb, &args)
+                )
+            }
+            Request::GatewayPullFailed { object_ids } => {
+                let object_ids = Some(id_vec(fbb, object_ids));
+                let args = fb::PlasmaGatewayPullFailedArgs { object_ids };
+                finish!(
+                    self,
+                    out,
+                    ty,
+                    fb::PlasmaGatewayPullFailed::create(fbb, &args)
+                )
+            }
+            Request::GatewayInfo { object_ids } => {
+                let object_ids = Some(id_vec(fbb, object_ids));
+                let args = fb::PlasmaGatewayInfoRequestArgs { object_ids };
+                finish!(
+                    self,
+                    out,
+                    ty,
+                    fb::PlasmaGatewayInfoRequest::create(fbb, &args)
+                )
+            }
         }
     }
 
@@ -446,7 +475,42 @@ impl Encoder {
                 };
                 finish!(self, out, ty, fb::PlasmaDataReply::create(fbb, &args))
             }
+            Reply::GatewayRegister { error } => {
+                let args = fb::PlasmaGatewayRegisterReplyArgs { error: err(*error) };
+                finish!(
+                    self,
+                    out,
+                    ty,
+                    fb::PlasmaGatewayRegisterReply::create(fbb, &args)
+                )
+            }
+            Reply::GatewayInfo { objects } => {
+                let infos: Vec<_> = objects.iter().map(|i| info(fbb, i)).collect();
+                let objects = Some(fbb.create_vector(&infos));
+                let args = fb::PlasmaGatewayInfoReplyArgs { objects };
+                finish!(
+                    self,
+                    out,
+                    ty,
+                    fb::PlasmaGatewayInfoReply::create(fbb, &args)
+                )
+            }
         }
+    }
+
+    /// Appends one miss message for the gateway's miss socket to `out`, framed by the usual
+    /// header (type [`MessageType::GatewayMiss`](super::MessageType::GatewayMiss)).
+    pub fn gateway_miss(&mut self, object_ids: &[ObjectId], out: &mut Vec<u8>) {
+        self.fbb.reset();
+        let fbb = &mut self.fbb;
+        let object_ids = Some(id_vec(fbb, object_ids));
+        let args = fb::PlasmaGatewayMissArgs { object_ids };
+        finish!(
+            self,
+            out,
+            super::MessageType::GatewayMiss,
+            fb::PlasmaGatewayMiss::create(fbb, &args)
+        )
     }
 
     /// Appends one notification for the subscriber socket to `out`: an 8-byte length (host

@@ -247,6 +247,18 @@ pub enum Request {
         /// Manager port.
         port: i32,
     },
+    /// Extension: make this connection the store's gateway; the miss socket's fd follows.
+    GatewayRegister,
+    /// Extension (gateway only): these pulls failed (no reply).
+    GatewayPullFailed {
+        /// The objects.
+        object_ids: Vec<ObjectId>,
+    },
+    /// Extension (gateway only): describe these sealed objects.
+    GatewayInfo {
+        /// The objects.
+        object_ids: Vec<ObjectId>,
+    },
 }
 
 /// One object of a [`Request::CreateAndSealBatch`].
@@ -285,6 +297,9 @@ impl Request {
             Request::GetDebugString => MessageType::GetDebugStringRequest,
             Request::RefreshLru { .. } => MessageType::RefreshLruRequest,
             Request::Data { .. } => MessageType::DataRequest,
+            Request::GatewayRegister => MessageType::GatewayRegisterRequest,
+            Request::GatewayPullFailed { .. } => MessageType::GatewayPullFailed,
+            Request::GatewayInfo { .. } => MessageType::GatewayInfoRequest,
         }
     }
 
@@ -308,7 +323,10 @@ impl Request {
             Request::GetDebugString => T::GetDebugStringReply,
             Request::RefreshLru { .. } => T::RefreshLruReply,
             Request::Data { .. } => T::DataReply,
+            Request::GatewayRegister => T::GatewayRegisterReply,
+            Request::GatewayInfo { .. } => T::GatewayInfoReply,
             Request::Disconnect
+            | Request::GatewayPullFailed { .. }
             | Request::Release { .. }
             | Request::Subscribe
             | Request::Unsubscribe => return None,
@@ -422,6 +440,17 @@ pub enum Reply {
         /// Metadata size.
         metadata_size: u64,
     },
+    /// Extension: answer to GatewayRegister (`ObjectExists`: another gateway is registered;
+    /// `ObjectNotFound`: no fd followed the request).
+    GatewayRegister {
+        /// Result.
+        error: PlasmaError,
+    },
+    /// Extension: answer to GatewayInfo.
+    GatewayInfo {
+        /// The sealed objects among those asked for.
+        objects: Vec<ObjectInfo>,
+    },
 }
 
 impl Reply {
@@ -444,6 +473,8 @@ impl Reply {
             Reply::DebugString { .. } => MessageType::GetDebugStringReply,
             Reply::RefreshLru => MessageType::RefreshLruReply,
             Reply::Data { .. } => MessageType::DataReply,
+            Reply::GatewayRegister { .. } => MessageType::GatewayRegisterReply,
+            Reply::GatewayInfo { .. } => MessageType::GatewayInfoReply,
         }
     }
 }

@@ -25,7 +25,7 @@ pub mod messages;
 #[path = "generated/plasma_generated.rs"]
 mod generated;
 
-pub use decode::{decode_notification, decode_reply, decode_request};
+pub use decode::{decode_gateway_miss, decode_notification, decode_reply, decode_request};
 pub use encode::Encoder;
 pub use frame::{Frame, FrameDecoder, HEADER_LEN, Header, write_frame};
 pub use messages::*;
@@ -73,6 +73,13 @@ pub enum MessageType {
     CreateAndSealBatchReply = 33,
     RefreshLruRequest = 34,
     RefreshLruReply = 35,
+    // Extension: the gateway messages (schema/plasma.fbs, `GatewayMessageType`).
+    GatewayRegisterRequest = 1000,
+    GatewayRegisterReply = 1001,
+    GatewayMiss = 1002,
+    GatewayPullFailed = 1003,
+    GatewayInfoRequest = 1004,
+    GatewayInfoReply = 1005,
 }
 
 impl MessageType {
@@ -119,11 +126,37 @@ impl MessageType {
         ]
     };
 
+    /// The extension's types (this store's gateway messages), in wire order from
+    /// [`MessageType::GatewayRegisterRequest`] on.
+    pub const EXTENSIONS: [MessageType; 6] = {
+        use MessageType::*;
+        [
+            GatewayRegisterRequest,
+            GatewayRegisterReply,
+            GatewayMiss,
+            GatewayPullFailed,
+            GatewayInfoRequest,
+            GatewayInfoReply,
+        ]
+    };
+
     /// The type for a wire value, if it is one.
     pub fn from_wire(v: i64) -> Option<MessageType> {
-        usize::try_from(v)
-            .ok()
-            .and_then(|i| Self::ALL.get(i).copied())
+        let table: &[MessageType] = if v >= MessageType::GatewayRegisterRequest as i64 {
+            &Self::EXTENSIONS
+        } else {
+            &Self::ALL
+        };
+        let first = *table.first()? as i64;
+        v.checked_sub(first)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| table.get(i).copied())
+    }
+
+    /// Whether this is one of the extension's gateway messages, which the store accepts only
+    /// from its registered gateway.
+    pub fn is_gateway(self) -> bool {
+        self as i64 >= MessageType::GatewayRegisterRequest as i64
     }
 }
 
@@ -198,5 +231,17 @@ mod tests {
         }
         assert_eq!(MessageType::from_wire(36), None);
         assert_eq!(MessageType::from_wire(-1), None);
+        for t in MessageType::EXTENSIONS {
+            assert_eq!(MessageType::from_wire(t as i64), Some(t));
+            assert_eq!(
+                generated::plasma::flatbuf::GatewayMessageType(t as i64).variant_name(),
+                Some(format!("Plasma{t:?}").as_str())
+            );
+            assert!(t.is_gateway());
+        }
+        assert_eq!(MessageType::from_wire(999), None);
+        assert_eq!(MessageType::from_wire(1006), None);
+        assert_eq!(MessageType::from_wire(i64::MIN), None);
+        assert!(!MessageType::RefreshLruReply.is_gateway());
     }
 }

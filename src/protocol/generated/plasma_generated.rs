@@ -331,6 +331,106 @@ impl<'a> ::flatbuffers::Verifiable for PlasmaError {
 }
 
 impl ::flatbuffers::SimpleToVerifyInSlice for PlasmaError {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_GATEWAY_MESSAGE_TYPE: i64 = 1000;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_GATEWAY_MESSAGE_TYPE: i64 = 1005;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_GATEWAY_MESSAGE_TYPE: [GatewayMessageType; 6] = [
+  GatewayMessageType::PlasmaGatewayRegisterRequest,
+  GatewayMessageType::PlasmaGatewayRegisterReply,
+  GatewayMessageType::PlasmaGatewayMiss,
+  GatewayMessageType::PlasmaGatewayPullFailed,
+  GatewayMessageType::PlasmaGatewayInfoRequest,
+  GatewayMessageType::PlasmaGatewayInfoReply,
+];
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct GatewayMessageType(pub i64);
+#[allow(non_upper_case_globals)]
+impl GatewayMessageType {
+  pub const PlasmaGatewayRegisterRequest: Self = Self(1000);
+  pub const PlasmaGatewayRegisterReply: Self = Self(1001);
+  pub const PlasmaGatewayMiss: Self = Self(1002);
+  pub const PlasmaGatewayPullFailed: Self = Self(1003);
+  pub const PlasmaGatewayInfoRequest: Self = Self(1004);
+  pub const PlasmaGatewayInfoReply: Self = Self(1005);
+
+  pub const ENUM_MIN: i64 = 1000;
+  pub const ENUM_MAX: i64 = 1005;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::PlasmaGatewayRegisterRequest,
+    Self::PlasmaGatewayRegisterReply,
+    Self::PlasmaGatewayMiss,
+    Self::PlasmaGatewayPullFailed,
+    Self::PlasmaGatewayInfoRequest,
+    Self::PlasmaGatewayInfoReply,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::PlasmaGatewayRegisterRequest => Some("PlasmaGatewayRegisterRequest"),
+      Self::PlasmaGatewayRegisterReply => Some("PlasmaGatewayRegisterReply"),
+      Self::PlasmaGatewayMiss => Some("PlasmaGatewayMiss"),
+      Self::PlasmaGatewayPullFailed => Some("PlasmaGatewayPullFailed"),
+      Self::PlasmaGatewayInfoRequest => Some("PlasmaGatewayInfoRequest"),
+      Self::PlasmaGatewayInfoReply => Some("PlasmaGatewayInfoReply"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for GatewayMessageType {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for GatewayMessageType {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<i64>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for GatewayMessageType {
+    type Output = GatewayMessageType;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<i64>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for GatewayMessageType {
+  type Scalar = i64;
+  #[inline]
+  fn to_little_endian(self) -> i64 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: i64) -> Self {
+    let b = i64::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for GatewayMessageType {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    i64::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for GatewayMessageType {}
 // struct PlasmaObjectSpec, aligned to 8
 #[repr(transparent)]
 #[derive(Clone, Copy, PartialEq)]
@@ -4646,6 +4746,564 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaRefreshLRUReplyBuilder<
 impl ::core::fmt::Debug for PlasmaRefreshLRUReply<'_> {
   fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
     let mut ds = f.debug_struct("PlasmaRefreshLRUReply");
+      ds.finish()
+  }
+}
+pub enum PlasmaGatewayRegisterRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PlasmaGatewayRegisterRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlasmaGatewayRegisterRequest<'a> {
+  type Inner = PlasmaGatewayRegisterRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlasmaGatewayRegisterRequest<'a> {
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlasmaGatewayRegisterRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    _args: &'args PlasmaGatewayRegisterRequestArgs
+  ) -> ::flatbuffers::WIPOffset<PlasmaGatewayRegisterRequest<'bldr>> {
+    let mut builder = PlasmaGatewayRegisterRequestBuilder::new(_fbb);
+    builder.finish()
+  }
+
+}
+
+impl ::flatbuffers::Verifiable for PlasmaGatewayRegisterRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlasmaGatewayRegisterRequestArgs {
+}
+impl<'a> Default for PlasmaGatewayRegisterRequestArgs {
+  #[inline]
+  fn default() -> Self {
+    PlasmaGatewayRegisterRequestArgs {
+    }
+  }
+}
+
+pub struct PlasmaGatewayRegisterRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaGatewayRegisterRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlasmaGatewayRegisterRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlasmaGatewayRegisterRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlasmaGatewayRegisterRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlasmaGatewayRegisterRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlasmaGatewayRegisterRequest");
+      ds.finish()
+  }
+}
+pub enum PlasmaGatewayRegisterReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PlasmaGatewayRegisterReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlasmaGatewayRegisterReply<'a> {
+  type Inner = PlasmaGatewayRegisterReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlasmaGatewayRegisterReply<'a> {
+  pub const VT_ERROR: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlasmaGatewayRegisterReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlasmaGatewayRegisterReplyArgs
+  ) -> ::flatbuffers::WIPOffset<PlasmaGatewayRegisterReply<'bldr>> {
+    let mut builder = PlasmaGatewayRegisterReplyBuilder::new(_fbb);
+    builder.add_error(args.error);
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn error(&self) -> PlasmaError {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<PlasmaError>(PlasmaGatewayRegisterReply::VT_ERROR, Some(PlasmaError::OK)).unwrap()}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlasmaGatewayRegisterReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<PlasmaError>("error", Self::VT_ERROR, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlasmaGatewayRegisterReplyArgs {
+    pub error: PlasmaError,
+}
+impl<'a> Default for PlasmaGatewayRegisterReplyArgs {
+  #[inline]
+  fn default() -> Self {
+    PlasmaGatewayRegisterReplyArgs {
+      error: PlasmaError::OK,
+    }
+  }
+}
+
+pub struct PlasmaGatewayRegisterReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaGatewayRegisterReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_error(&mut self, error: PlasmaError) {
+    self.fbb_.push_slot::<PlasmaError>(PlasmaGatewayRegisterReply::VT_ERROR, error, PlasmaError::OK);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlasmaGatewayRegisterReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlasmaGatewayRegisterReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlasmaGatewayRegisterReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlasmaGatewayRegisterReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlasmaGatewayRegisterReply");
+      ds.field("error", &self.error());
+      ds.finish()
+  }
+}
+pub enum PlasmaGatewayMissOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PlasmaGatewayMiss<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlasmaGatewayMiss<'a> {
+  type Inner = PlasmaGatewayMiss<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlasmaGatewayMiss<'a> {
+  pub const VT_OBJECT_IDS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlasmaGatewayMiss { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlasmaGatewayMissArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PlasmaGatewayMiss<'bldr>> {
+    let mut builder = PlasmaGatewayMissBuilder::new(_fbb);
+    if let Some(x) = args.object_ids { builder.add_object_ids(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn object_ids(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(PlasmaGatewayMiss::VT_OBJECT_IDS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlasmaGatewayMiss<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("object_ids", Self::VT_OBJECT_IDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlasmaGatewayMissArgs<'a> {
+    pub object_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for PlasmaGatewayMissArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PlasmaGatewayMissArgs {
+      object_ids: None,
+    }
+  }
+}
+
+pub struct PlasmaGatewayMissBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaGatewayMissBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_object_ids(&mut self, object_ids: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PlasmaGatewayMiss::VT_OBJECT_IDS, object_ids);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlasmaGatewayMissBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlasmaGatewayMissBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlasmaGatewayMiss<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlasmaGatewayMiss<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlasmaGatewayMiss");
+      ds.field("object_ids", &self.object_ids());
+      ds.finish()
+  }
+}
+pub enum PlasmaGatewayPullFailedOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PlasmaGatewayPullFailed<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlasmaGatewayPullFailed<'a> {
+  type Inner = PlasmaGatewayPullFailed<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlasmaGatewayPullFailed<'a> {
+  pub const VT_OBJECT_IDS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlasmaGatewayPullFailed { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlasmaGatewayPullFailedArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PlasmaGatewayPullFailed<'bldr>> {
+    let mut builder = PlasmaGatewayPullFailedBuilder::new(_fbb);
+    if let Some(x) = args.object_ids { builder.add_object_ids(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn object_ids(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(PlasmaGatewayPullFailed::VT_OBJECT_IDS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlasmaGatewayPullFailed<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("object_ids", Self::VT_OBJECT_IDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlasmaGatewayPullFailedArgs<'a> {
+    pub object_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for PlasmaGatewayPullFailedArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PlasmaGatewayPullFailedArgs {
+      object_ids: None,
+    }
+  }
+}
+
+pub struct PlasmaGatewayPullFailedBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaGatewayPullFailedBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_object_ids(&mut self, object_ids: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PlasmaGatewayPullFailed::VT_OBJECT_IDS, object_ids);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlasmaGatewayPullFailedBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlasmaGatewayPullFailedBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlasmaGatewayPullFailed<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlasmaGatewayPullFailed<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlasmaGatewayPullFailed");
+      ds.field("object_ids", &self.object_ids());
+      ds.finish()
+  }
+}
+pub enum PlasmaGatewayInfoRequestOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PlasmaGatewayInfoRequest<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlasmaGatewayInfoRequest<'a> {
+  type Inner = PlasmaGatewayInfoRequest<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlasmaGatewayInfoRequest<'a> {
+  pub const VT_OBJECT_IDS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlasmaGatewayInfoRequest { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlasmaGatewayInfoRequestArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PlasmaGatewayInfoRequest<'bldr>> {
+    let mut builder = PlasmaGatewayInfoRequestBuilder::new(_fbb);
+    if let Some(x) = args.object_ids { builder.add_object_ids(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn object_ids(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>(PlasmaGatewayInfoRequest::VT_OBJECT_IDS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlasmaGatewayInfoRequest<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<&'_ str>>>>("object_ids", Self::VT_OBJECT_IDS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlasmaGatewayInfoRequestArgs<'a> {
+    pub object_ids: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<&'a str>>>>,
+}
+impl<'a> Default for PlasmaGatewayInfoRequestArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PlasmaGatewayInfoRequestArgs {
+      object_ids: None,
+    }
+  }
+}
+
+pub struct PlasmaGatewayInfoRequestBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaGatewayInfoRequestBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_object_ids(&mut self, object_ids: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<&'b  str>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PlasmaGatewayInfoRequest::VT_OBJECT_IDS, object_ids);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlasmaGatewayInfoRequestBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlasmaGatewayInfoRequestBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlasmaGatewayInfoRequest<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlasmaGatewayInfoRequest<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlasmaGatewayInfoRequest");
+      ds.field("object_ids", &self.object_ids());
+      ds.finish()
+  }
+}
+pub enum PlasmaGatewayInfoReplyOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+pub struct PlasmaGatewayInfoReply<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for PlasmaGatewayInfoReply<'a> {
+  type Inner = PlasmaGatewayInfoReply<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> PlasmaGatewayInfoReply<'a> {
+  pub const VT_OBJECTS: ::flatbuffers::VOffsetT = 4;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    PlasmaGatewayInfoReply { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args PlasmaGatewayInfoReplyArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<PlasmaGatewayInfoReply<'bldr>> {
+    let mut builder = PlasmaGatewayInfoReplyBuilder::new(_fbb);
+    if let Some(x) = args.objects { builder.add_objects(x); }
+    builder.finish()
+  }
+
+
+  #[inline]
+  pub fn objects(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ObjectInfo<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ObjectInfo>>>>(PlasmaGatewayInfoReply::VT_OBJECTS, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for PlasmaGatewayInfoReply<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<ObjectInfo>>>>("objects", Self::VT_OBJECTS, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct PlasmaGatewayInfoReplyArgs<'a> {
+    pub objects: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<ObjectInfo<'a>>>>>,
+}
+impl<'a> Default for PlasmaGatewayInfoReplyArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    PlasmaGatewayInfoReplyArgs {
+      objects: None,
+    }
+  }
+}
+
+pub struct PlasmaGatewayInfoReplyBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> PlasmaGatewayInfoReplyBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_objects(&mut self, objects: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<ObjectInfo<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(PlasmaGatewayInfoReply::VT_OBJECTS, objects);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> PlasmaGatewayInfoReplyBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    PlasmaGatewayInfoReplyBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<PlasmaGatewayInfoReply<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for PlasmaGatewayInfoReply<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("PlasmaGatewayInfoReply");
+      ds.field("objects", &self.objects());
       ds.finish()
   }
 }
