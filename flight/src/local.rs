@@ -77,44 +77,45 @@ impl Drop for Pending {
     }
 }
 
-/// The store's gateway extension, as the gateway uses it. Until the store side lands in the
-/// client, these fall back to what the ordinary protocol can do: no misses (remote gets
-/// disabled), object info through `list()`, sealing with a digest the client computes.
+/// The store's gateway extension (`schema/EXTENSIONS.md`), as the gateway uses it: one
+/// small seam, so that the rest of the gateway depends on these few calls only.
 pub mod gw {
-    use plasma_store::client::{Client, Error, MutableBuffer, ObjectBuffer, ObjectInfo};
+    use plasma_store::client::{
+        Client, Error, GatewayMisses, MutableBuffer, ObjectBuffer, ObjectInfo,
+    };
     use plasma_store::protocol::{Digest, ObjectId};
 
     /// A source of misses: ids that clients of the store wait for and the store does not
     /// have. Blocking.
     pub trait MissSource: Send {
-        /// The next misses (never empty); an error when the store is gone.
-        fn next_misses(&mut self) -> Result<Vec<ObjectId>, Error>;
+        /// The next misses (never empty); `None` once the store closed the miss socket.
+        fn next_misses(&mut self) -> Result<Option<Vec<ObjectId>>, Error>;
+    }
+
+    impl MissSource for GatewayMisses {
+        fn next_misses(&mut self) -> Result<Option<Vec<ObjectId>>, Error> {
+            GatewayMisses::next_misses(self)
+        }
     }
 
     /// Registers the client's connection as the store's gateway.
-    pub fn register(_client: &Client) -> Result<Box<dyn MissSource>, Error> {
-        Err(Error::InvalidArgument(
-            "this build of the client has no gateway registration".to_string(),
-        ))
+    pub fn register(client: &Client) -> Result<Box<dyn MissSource>, Error> {
+        Ok(Box::new(client.register_gateway()?))
     }
 
     /// Tells the store that the pulls of `ids` failed (their next get misses again).
-    pub fn pull_failed(_client: &Client, _ids: &[ObjectId]) -> Result<(), Error> {
-        Ok(())
+    pub fn pull_failed(client: &Client, ids: &[ObjectId]) -> Result<(), Error> {
+        client.gateway_pull_failed(ids)
     }
 
     /// The info of those of `ids` that are sealed in the store.
     pub fn info(client: &Client, ids: &[ObjectId]) -> Result<Vec<ObjectInfo>, Error> {
-        Ok(client
-            .list()?
-            .into_iter()
-            .filter(|o| o.digest.is_some() && ids.contains(&o.object_id))
-            .collect())
+        client.gateway_info(ids)
     }
 
-    /// Seals `buf` with the given digest.
-    pub fn seal_with_digest(buf: MutableBuffer, _digest: Digest) -> Result<ObjectBuffer, Error> {
-        buf.seal()
+    /// Seals `buf` with the given digest (a pulled copy keeps its origin's).
+    pub fn seal_with_digest(buf: MutableBuffer, digest: Digest) -> Result<ObjectBuffer, Error> {
+        buf.seal_with_digest(digest)
     }
 }
 

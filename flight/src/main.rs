@@ -132,11 +132,6 @@ fn run(args: Args) -> Result<(), String> {
         .map(|p| read_file(p, "--peer-ca"))
         .transpose()?;
     let add = AddToken::new(token.as_deref())?;
-    let peers = args
-        .peers
-        .iter()
-        .map(|p| Peer::new(p, &add, peer_ca.as_deref()))
-        .collect::<Result<Vec<_>, _>>()?;
 
     let client = Client::connect(&args.socket).map_err(|e| e.to_string())?;
     let local = Local::new(client);
@@ -145,7 +140,15 @@ fn run(args: Args) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))?;
-    let r = rt.block_on(serve(args, local, peers, token, tls));
+    // Peer channels need the runtime (they spawn their connection tasks there).
+    let r = rt.block_on(async {
+        let peers = args
+            .peers
+            .iter()
+            .map(|p| Peer::new(p, &add, peer_ca.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        serve(args, local, peers, token, tls).await
+    });
     rt.shutdown_timeout(tuning::SHUTDOWN_GRACE);
     r
 }
@@ -172,7 +175,7 @@ async fn serve(
                 .name("misses".into())
                 .spawn(move || {
                     let e = pull::miss_loop(source, puller, handle);
-                    let _ = store_gone_tx.send(e.to_string());
+                    let _ = store_gone_tx.send(e);
                 })
                 .map_err(|e| format!("cannot start the miss thread: {e}"))?;
             log::info!("registered as the store's gateway; {n_peers} peer(s)");

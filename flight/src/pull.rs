@@ -14,7 +14,6 @@ use arrow_flight::{FlightDescriptor, Ticket};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
-use plasma_store::client::Error as StoreError;
 use plasma_store::protocol::ObjectId;
 use tokio::sync::Semaphore;
 
@@ -235,15 +234,16 @@ pub fn miss_loop(
     mut source: Box<dyn gw::MissSource>,
     puller: Arc<Puller>,
     rt: tokio::runtime::Handle,
-) -> StoreError {
+) -> String {
     loop {
         match source.next_misses() {
-            Ok(ids) => {
+            Ok(None) => return "the store closed the miss socket".to_string(),
+            Ok(Some(ids)) => {
                 log::debug!("{} miss(es)", ids.len());
                 let p = Arc::clone(&puller);
                 rt.spawn(async move { p.start(ids) });
             }
-            Err(e) => return e,
+            Err(e) => return e.to_string(),
         }
     }
 }
