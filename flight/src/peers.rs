@@ -66,7 +66,8 @@ impl Peer {
             .http2_keep_alive_interval(tuning::KEEPALIVE_INTERVAL)
             .keep_alive_timeout(tuning::KEEPALIVE_TIMEOUT)
             .initial_stream_window_size(tuning::STREAM_WINDOW)
-            .initial_connection_window_size(tuning::CONNECTION_WINDOW);
+            .initial_connection_window_size(tuning::CONNECTION_WINDOW)
+            .max_frame_size(tuning::MAX_FRAME);
         if let Some(pem) = ca {
             let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
             ep = ep

@@ -123,10 +123,8 @@ impl Puller {
             tokio::spawn(async move {
                 let t = Instant::now();
                 let r = me.pull(id).await;
-                me.active
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&id);
+                // Before reporting a failure: the store may send the id again at once.
+                me.forget(id);
                 match r {
                     Ok(Some((size, addr))) => {
                         log::info!(
@@ -145,6 +143,16 @@ impl Puller {
                 }
             });
         }
+    }
+
+    /// Ends the dedupe of `id`. Called as soon as the object exists locally (from then on the
+    /// store sends no miss for it until it is gone again, and then a new pull is right), and
+    /// at the end of a pull, before a failure is reported.
+    fn forget(&self, id: ObjectId) {
+        self.active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 
     /// One pull. `Ok(None)` if the object was created locally by someone else meanwhile.
@@ -190,6 +198,7 @@ impl Puller {
             .local
             .run(move |c| Ok(c.create(id, size, &metadata)?))
             .await;
+        self.forget(id);
         let mut pending = match created {
             Ok(buf) => Pending::new(buf),
             Err(GwError::AlreadyExists(_)) => return Ok(None),

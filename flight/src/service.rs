@@ -195,7 +195,9 @@ impl FlightService for Service {
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let kind = form::parse_ticket(&request.get_ref().ticket)?;
         let id = kind.id();
-        let (obj, digest) = self
+        // One trip to the blocking pool: the get, the digest, and the CPU work of decoding an
+        // IPC stream's metadata (or hashing an object whose digest is unknown).
+        let s = self
             .local
             .run(move |c| {
                 let obj = c
@@ -204,14 +206,9 @@ impl FlightService for Service {
                     .flatten()
                     .ok_or(GwError::NotFound(id))?;
                 let digest = info_of(c, id).ok().and_then(|i| i.digest);
-                Ok((obj, digest))
+                object_stream(kind, obj, digest)
             })
             .await?;
-        // Decoding an IPC stream's metadata, or hashing an object without a known digest,
-        // is CPU work: off the runtime threads.
-        let s = tokio::task::spawn_blocking(move || object_stream(kind, obj, digest))
-            .await
-            .map_err(GwError::from)??;
         Ok(Response::new(s.map_err(flight_to_status).boxed()))
     }
 

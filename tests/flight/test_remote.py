@@ -226,3 +226,18 @@ def test_wrong_token(cluster):
     gb2 = cluster.gateway("gb2", b, peers=[ga.addr], token="right")
     assert get11(b, [oid(14)]) == [expect(b"guarded")]
     assert "pulled 0000000e" in gb2.log()
+
+
+def test_get_delete_cycles_pull_again(pair):
+    """After a pulled copy is deleted, the next get pulls it again: the gateway forgets an id
+    as soon as its copy exists, so a miss right after the seal is not taken for a duplicate."""
+    a, b, ga, gb = pair
+    i, data = oid(15), pattern(2 * MIB, seed=15)
+    a.client.put_raw_buffer(data, object_id=i)
+    for _ in range(15):
+        [buf] = b.client.get_buffers([i], timeout_ms=30000)
+        assert buf is not None and buf.to_pybytes() == data
+        del buf
+        b.client.delete([i])
+        wait_until(lambda: not b.client.contains(i), "the copy to be deleted")
+    assert gb.log().count("pulled 0000000f") == 15
