@@ -64,10 +64,10 @@ pub fn parse_ticket(ticket: &[u8]) -> Result<TicketKind, GwError> {
     if let Ok(id) = <[u8; 20]>::try_from(ticket) {
         return Ok(TicketKind::Natural(ObjectId(id)));
     }
-    if let Some(rest) = ticket.strip_prefix(RAW_PREFIX) {
-        if let Ok(id) = <[u8; 20]>::try_from(rest) {
-            return Ok(TicketKind::Raw(ObjectId(id)));
-        }
+    if let Some(rest) = ticket.strip_prefix(RAW_PREFIX)
+        && let Ok(id) = <[u8; 20]>::try_from(rest)
+    {
+        return Ok(TicketKind::Raw(ObjectId(id)));
     }
     Err(GwError::InvalidArgument(format!(
         "a ticket is 20 object id bytes or \"raw:\" and 20 id bytes, not {} bytes",
@@ -104,7 +104,7 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         }
     }
     let b = s.as_bytes();
-    if b.len() % 2 != 0 {
+    if !b.len().is_multiple_of(2) {
         return None;
     }
     b.chunks_exact(2)

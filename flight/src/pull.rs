@@ -37,8 +37,9 @@ pub struct Location {
 /// directory service (etcd, ...) for large clusters would be another.
 #[tonic::async_trait]
 pub trait Locator: Send + Sync + 'static {
-    /// A peer that has `id` sealed, or `None` if none answered that it has.
-    async fn locate(&self, id: ObjectId) -> Option<Location>;
+    /// A peer that has `id` sealed; else an error saying why none was found (what the
+    /// peers that did not answer "not found" said).
+    async fn locate(&self, id: ObjectId) -> Result<Location, GwError>;
 }
 
 /// Asks every peer at once (GetFlightInfo), each within [`tuning::LOOKUP_TIMEOUT`]; the
@@ -57,7 +58,7 @@ impl Broadcast {
 
 #[tonic::async_trait]
 impl Locator for Broadcast {
-    async fn locate(&self, id: ObjectId) -> Option<Location> {
+    async fn locate(&self, id: ObjectId) -> Result<Location, GwError> {
         let mut asks: FuturesUnordered<_> = self
             .peers
             .iter()
@@ -69,21 +70,26 @@ impl Locator for Broadcast {
                 (p, r)
             })
             .collect();
+        let mut trouble = Vec::new();
         while let Some((p, r)) = asks.next().await {
             match r {
                 Ok(Ok(info)) => {
                     let size = u64::try_from(info.get_ref().total_bytes).unwrap_or(0);
-                    return Some(Location {
+                    return Ok(Location {
                         peer: p.clone(),
                         data_size: size,
                     });
                 }
                 Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
-                Ok(Err(s)) => log::debug!("lookup of {id} on {}: {}", p.addr, s.message()),
-                Err(_) => log::debug!("lookup of {id} on {}: no answer in time", p.addr),
+                Ok(Err(s)) => trouble.push(format!("{}: {}", p.addr, s.message())),
+                Err(_) => trouble.push(format!("{}: no answer in time", p.addr)),
             }
         }
-        None
+        let mut msg = format!("none of {} peer(s) has the object", self.peers.len());
+        if !trouble.is_empty() {
+            msg += &format!(" ({})", trouble.join("; "));
+        }
+        Err(GwError::Peer(msg))
     }
 }
 
@@ -157,11 +163,7 @@ impl Puller {
 
     /// One pull. `Ok(None)` if the object was created locally by someone else meanwhile.
     async fn pull(&self, id: ObjectId) -> Result<Option<(u64, String)>, GwError> {
-        let loc = self
-            .locator
-            .locate(id)
-            .await
-            .ok_or_else(|| GwError::Peer("no peer has the object".into()))?;
+        let loc = self.locator.locate(id).await?;
         let want = loc.data_size.clamp(1, tuning::MAX_PULL_BYTES_IN_FLIGHT);
         let permits = want.div_ceil(tuning::PULL_PERMIT_BYTES) as u32;
         let _permit = self

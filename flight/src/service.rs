@@ -114,13 +114,13 @@ fn object_stream(
     let metadata = obj.metadata().to_vec();
     // A Buffer over the mapped object, owning the ObjectBuffer (and so its reference).
     let data = Buffer::from(Bytes::from_owner(obj));
-    if let TicketKind::Natural(_) = kind {
-        if let Some((schema, batches)) = decode_ipc_stream(&data) {
-            let enc = FlightDataEncoderBuilder::new()
-                .with_schema(schema)
-                .build(stream::iter(batches.into_iter().map(Ok)));
-            return Ok(enc.boxed());
-        }
+    if let TicketKind::Natural(_) = kind
+        && let Some((schema, batches)) = decode_ipc_stream(&data)
+    {
+        let enc = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(stream::iter(batches.into_iter().map(Ok)));
+        return Ok(enc.boxed());
     }
     let digest = digest.or_else(|| Some(plasma_store::digest::object_digest(&data, &metadata)));
     let schema = form::opaque_schema(id, data.len() as u64, Ok(&metadata), digest);

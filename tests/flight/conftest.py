@@ -189,3 +189,21 @@ def pattern(size, seed=1):
     """``size`` reproducible pseudo-random bytes."""
     import random
     return random.Random(seed).randbytes(size)
+
+
+def self_signed(tmp):
+    """A test CA and a certificate it signed for localhost / 127.0.0.1 (rustls refuses a CA
+    certificate as a server's): (ca, cert, key) paths."""
+    ca, ca_key = os.path.join(tmp, "ca.pem"), os.path.join(tmp, "ca.key")
+    cert, key, csr = (os.path.join(tmp, n) for n in ["cert.pem", "key.pem", "cert.csr"])
+    ext = os.path.join(tmp, "ext.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run = lambda *a: subprocess.run(["openssl", *a], check=True, capture_output=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+        "-days", "1", "-subj", "/CN=plasma test CA")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr,
+        "-subj", "/CN=localhost")
+    run("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", cert, "-days", "1", "-extfile", ext)
+    return ca, cert, key

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.flight as fl
 import pytest
 
-from conftest import FLIGHT_BIN, MIB, oid, pattern, wait_until
+from conftest import FLIGHT_BIN, MIB, oid, pattern, self_signed, wait_until
 
 CHUNK = 4 * MIB
 
@@ -217,15 +217,11 @@ def test_token_required(cluster):
 
 
 def test_tls(cluster, tmp):
-    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
-                    "-out", cert, "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-                   check=True, capture_output=True)
+    ca, cert, key = self_signed(tmp)
     store = cluster.store("a")
     gw = cluster.gateway("ga", store, extra=["--tls-cert", cert, "--tls-key", key])
     store.client.put_raw_buffer(b"over tls", object_id=oid(40))
-    with open(cert, "rb") as f:
+    with open(ca, "rb") as f:
         client = fl.connect(f"grpc+tls://localhost:{gw.port}", tls_root_certs=f.read())
     assert opaque_bytes(client.do_get(fl.Ticket(oid(40).binary()))) == b"over tls"
     # Plaintext is not answered.
