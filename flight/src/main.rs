@@ -99,7 +99,22 @@ fn read_file(path: &PathBuf, flag: &str) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {flag} {}: {e}", path.display()))
 }
 
+/// Keeps chunk-sized buffers (the IPC encoding of a chunk, gRPC message buffers) in the
+/// malloc heap instead of a fresh mmap each, and the heap from being trimmed back to the
+/// kernel after each: otherwise every 4 MiB chunk costs 1024 page faults and zeroed pages on
+/// each side of a transfer (measured: about a sixth of a gateway's CPU time per GiB).
+fn tune_malloc() {
+    const KEEP: libc::c_int = 256 << 20;
+    // SAFETY: mallopt only changes glibc's allocation thresholds; it is called before any
+    // other thread exists, and both parameters are documented for any positive value.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, KEEP);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_malloc();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = Args::parse();
     match run(args) {
