@@ -196,8 +196,9 @@ async fn serve(
             log::info!("registered as the store's gateway; {n_peers} peer(s)");
         }
         Err(e) => {
-            drop(store_gone_tx);
-            log::warn!("remote gets disabled: {e}");
+            // A store serves one gateway: a second one would serve Flight but never pull, which
+            // is a configuration mistake better refused at once.
+            return Err(format!("cannot register as the store's gateway: {e}"));
         }
     }
 

@@ -255,3 +255,18 @@ def test_remote_get_over_tls_with_token(cluster, tmp):
     a.client.put_raw_buffer(data, object_id=oid(16), metadata=b"tls")
     assert get11(b, [oid(16)]) == [expect(data, b"tls")]
     assert "pulled 00000010" in gb.log()
+
+
+def test_pull_into_a_full_store_fails_like_a_create(cluster):
+    a, b = cluster.store("a"), cluster.store("b", memory=16 * MIB)
+    ga = cluster.gateway("ga", a)
+    gb = cluster.gateway("gb", b, peers=[ga.addr])
+    a.client.put_raw_buffer(pattern(32 * MIB), object_id=oid(17))
+    assert get11(b, [oid(17)], timeout_ms=2000) == [None]
+    wait_until(lambda: "pull of 00000011" in gb.log(), "the failed pull to be logged")
+    assert "no room" in gb.log()
+    b.consistent()
+    assert b.objects() == {}
+    # The gateway keeps serving: a smaller object comes through.
+    a.client.put_raw_buffer(pattern(4 * MIB), object_id=oid(18))
+    assert get11(b, [oid(18)]) == [expect(pattern(4 * MIB))]

@@ -291,3 +291,22 @@ os._exit(1)
 def sys_executable():
     import sys
     return sys.executable
+
+
+def test_one_gateway_per_store_and_store_gone(cluster):
+    store = cluster.store("a")
+    gw = cluster.gateway("ga", store)
+    r = subprocess.run([FLIGHT_BIN, "-s", store.path, "--listen", "127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "another connection is registered" in r.stderr
+    # The first one still serves.
+    store.client.put_raw_buffer(b"still here", object_id=oid(60))
+    assert opaque_bytes(fl.connect(gw.location()).do_get(fl.Ticket(oid(60).binary()))) \
+        == b"still here"
+    # Its store goes away: the gateway exits with an error saying so.
+    store.killed_by_test = True
+    store.proc.send_signal(signal.SIGKILL)
+    store.proc.wait()
+    assert gw.proc.wait(timeout=30) != 0
+    assert "the store went away" in gw.log()
