@@ -24,13 +24,11 @@ use crate::peers::{Peer, ms};
 use crate::service::opaque_rows;
 use crate::tuning;
 
-/// Where an object was found: the peer and the data size it reports.
+/// Where an object was found.
 #[derive(Debug, Clone)]
 pub struct Location {
-    /// The peer that has it.
+    /// The peer that has it (or, with a single peer, the only one that can).
     pub peer: Peer,
-    /// Its data size there.
-    pub data_size: u64,
 }
 
 /// Finds which peer holds an object. One implementation today (ask every `--peer`); a
@@ -59,6 +57,11 @@ impl Broadcast {
 #[tonic::async_trait]
 impl Locator for Broadcast {
     async fn locate(&self, id: ObjectId) -> Result<Location, GwError> {
+        // With one peer there is nothing to choose: its DoGet answers NOT_FOUND itself, so a
+        // lookup would only add a round trip to every pull.
+        if let [only] = self.peers.as_slice() {
+            return Ok(Location { peer: only.clone() });
+        }
         let mut asks: FuturesUnordered<_> = self
             .peers
             .iter()
@@ -73,13 +76,7 @@ impl Locator for Broadcast {
         let mut trouble = Vec::new();
         while let Some((p, r)) = asks.next().await {
             match r {
-                Ok(Ok(info)) => {
-                    let size = u64::try_from(info.get_ref().total_bytes).unwrap_or(0);
-                    return Ok(Location {
-                        peer: p.clone(),
-                        data_size: size,
-                    });
-                }
+                Ok(Ok(_)) => return Ok(Location { peer: p.clone() }),
                 Ok(Err(s)) if s.code() == tonic::Code::NotFound => {}
                 Ok(Err(s)) => trouble.push(format!("{}: {}", p.addr, s.message())),
                 Err(_) => trouble.push(format!("{}: no answer in time", p.addr)),
@@ -164,13 +161,6 @@ impl Puller {
     /// One pull. `Ok(None)` if the object was created locally by someone else meanwhile.
     async fn pull(&self, id: ObjectId) -> Result<Option<(u64, String)>, GwError> {
         let loc = self.locator.locate(id).await?;
-        let want = loc.data_size.clamp(1, tuning::MAX_PULL_BYTES_IN_FLIGHT);
-        let permits = want.div_ceil(tuning::PULL_PERMIT_BYTES) as u32;
-        let _permit = self
-            .bytes
-            .acquire_many(permits)
-            .await
-            .map_err(|_| GwError::Internal("pull semaphore closed".into()))?;
         let mut client = loc.peer.client.clone();
         let ticket = Ticket::new(Bytes::from(form::raw_ticket(id)));
         let response = tokio::time::timeout(tuning::IDLE_TIMEOUT, client.do_get(ticket))
@@ -195,6 +185,15 @@ impl Puller {
         let size = header
             .data_size
             .ok_or_else(|| GwError::Peer("raw stream without plasma.data_size".into()))?;
+        // Admission: this pull's share of the bytes in flight, before it takes room in the
+        // store. (Until then the stream holds at most its HTTP/2 window.)
+        let want = size.clamp(1, tuning::MAX_PULL_BYTES_IN_FLIGHT);
+        let permits = want.div_ceil(tuning::PULL_PERMIT_BYTES) as u32;
+        let _permit = self
+            .bytes
+            .acquire_many(permits)
+            .await
+            .map_err(|_| GwError::Internal("pull semaphore closed".into()))?;
         let metadata = header.metadata;
         let created = self
             .local

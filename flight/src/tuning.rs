@@ -20,9 +20,10 @@ pub const CONNECTION_WINDOW: u32 = 16 * CHUNK_SIZE as u32;
 pub const MAX_FRAME: u32 = 1 << 20;
 
 /// Cap on object bytes being pulled at once, over all concurrent pulls (Ray's object manager
-/// caps its chunks in flight the same way). A pull takes min(its size, this) before its
-/// transfer starts and gives it back at the end, so at most this many bytes of pulls are
-/// outstanding in the gateway's buffers and windows; an object larger than the cap runs
+/// caps its chunks in flight the same way). A pull takes min(its size, this) once the
+/// peer's stream has told its size, before it creates the object, and gives it back at the
+/// end; so at most this many bytes of pulls are being written at once (a pull waiting for
+/// its share holds at most one HTTP/2 stream window), and an object larger than the cap runs
 /// alone.
 pub const MAX_PULL_BYTES_IN_FLIGHT: u64 = 256 << 20;
 

@@ -39,6 +39,13 @@ def start_get11(store, ids, timeout_ms=30000):
                             stdout=subprocess.PIPE, text=True)
 
 
+def pulls(gw, prefix, at_least=1):
+    """How many times ``gw`` logged pulling an id starting with ``prefix``, once at least
+    ``at_least`` (the line follows the seal that wakes the get, so it may come just after)."""
+    wait_until(lambda: gw.log().count("pulled " + prefix) >= at_least, "a pull's log line")
+    return gw.log().count("pulled " + prefix)
+
+
 def expect(data, meta=b""):
     return (hashlib.sha256(data).hexdigest(), meta.hex())
 
@@ -70,7 +77,7 @@ def test_remote_get_is_bit_exact(pair):
         assert b.client.hash(i) == a.client.hash(i)
         assert raw_digest(gb, i) == raw_digest(ga, i)
     assert b.client.list()[oid(2)]["data_size"] == 64 * MIB
-    assert gb.log().count("pulled ") == 3
+    assert pulls(gb, "", 3) == 3
 
 
 def test_one_transfer_for_many_waiting_gets(pair):
@@ -85,7 +92,7 @@ def test_one_transfer_for_many_waiting_gets(pair):
         out, _ = p.communicate(timeout=60)
         assert p.returncode == 0
         assert out.split()[0] == expect(pattern(8 * MIB))[0]
-    assert gb.log().count("pulled 00000007") == 1
+    assert pulls(gb, "00000007") == 1
 
 
 def test_miss_no_peer_can_serve_times_out_then_retries(pair):
@@ -109,7 +116,7 @@ def test_peer_down_or_slow_costs_only_its_lookup(cluster, tmp):
         gb = cluster.gateway("gb", b, peers=[down, f"127.0.0.1:{slow_port}", ga.addr])
         a.client.put_raw_buffer(pattern(5 * MIB), object_id=oid(9))
         assert get11(b, [oid(9)]) == [expect(pattern(5 * MIB))]
-        assert "pulled 00000009" in gb.log()
+        assert pulls(gb, "00000009") == 1
     finally:
         slow.kill()
         slow.wait()
@@ -173,7 +180,7 @@ def test_gateway_killed_mid_transfer(cluster):
         assert get11(b, [i]) == [expect(data)]
         out, _ = waiting.communicate(timeout=60)
         assert out.split()[0] == expect(data)[0]
-        assert "pulled 0000000b" in gb2.log()
+        assert pulls(gb2, "0000000b") == 1
     finally:
         peer.kill()
 
@@ -220,13 +227,12 @@ def test_wrong_token(cluster):
     a.client.put_raw_buffer(b"guarded", object_id=oid(14))
     assert get11(b, [oid(14)], timeout_ms=1500) == [None]
     wait_until(lambda: "pull of 0000000e" in gb.log(), "the failed pull to be logged")
-    assert "none of 1 peer(s) has the object (127.0.0.1" in gb.log()
     assert "bearer token" in gb.log()
     b.consistent()
     gb.stop()
     gb2 = cluster.gateway("gb2", b, peers=[ga.addr], token="right")
     assert get11(b, [oid(14)]) == [expect(b"guarded")]
-    assert "pulled 0000000e" in gb2.log()
+    assert pulls(gb2, "0000000e") == 1
 
 
 def test_get_delete_cycles_pull_again(pair):
@@ -241,7 +247,7 @@ def test_get_delete_cycles_pull_again(pair):
         del buf
         b.client.delete([i])
         wait_until(lambda: not b.client.contains(i), "the copy to be deleted")
-    assert gb.log().count("pulled 0000000f") == 15
+    assert pulls(gb, "0000000f", 15) == 15
 
 
 def test_remote_get_over_tls_with_token(cluster, tmp):
@@ -254,7 +260,7 @@ def test_remote_get_over_tls_with_token(cluster, tmp):
     data = pattern(9 * MIB, seed=16)
     a.client.put_raw_buffer(data, object_id=oid(16), metadata=b"tls")
     assert get11(b, [oid(16)]) == [expect(data, b"tls")]
-    assert "pulled 00000010" in gb.log()
+    assert pulls(gb, "00000010") == 1
 
 
 def test_pull_into_a_full_store_fails_like_a_create(cluster):
