@@ -310,3 +310,33 @@ def test_one_gateway_per_store_and_store_gone(cluster):
     store.proc.wait()
     assert gw.proc.wait(timeout=30) != 0
     assert "the store went away" in gw.log()
+
+
+def test_do_get_reader_gone_releases_the_object(cluster):
+    """A client that stops reading a DoGet and dies: the gateway drops the stream and with it
+    its reference to the object, which can then be deleted and its bytes freed."""
+    store = cluster.store("a")
+    gw = cluster.gateway("ga", store)
+    store.client.put_raw_buffer(pattern(96 * MIB, seed=9), object_id=oid(70))
+    code = f"""
+import os, sys, pyarrow.flight as fl
+r = fl.connect("{gw.location()}").do_get(fl.Ticket(b"raw:" + bytes.fromhex("{oid(70).binary().hex()}")))
+r.read_chunk()
+print("reading", flush=True)
+sys.stdin.readline()
+os._exit(1)
+"""
+    p = subprocess.Popen([sys_executable(), "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "reading"
+    # The gateway holds the object while it sends.
+    assert store.objects()[oid(70)]["ref_count"] == 1
+    p.stdin.close()
+    p.wait()
+    wait_until(lambda: store.objects()[oid(70)]["ref_count"] == 0, "the gateway's release")
+    store.client.delete([oid(70)])
+    assert store.objects() == {}
+    assert store.allocated() == 0
+    # And it keeps serving.
+    store.client.put_raw_buffer(b"next", object_id=oid(71))
+    assert opaque_bytes(fl.connect(gw.location()).do_get(fl.Ticket(oid(71).binary()))) == b"next"
