@@ -36,7 +36,7 @@ struct Args {
     #[arg(short = 's', long = "socket", value_name = "SOCKET")]
     socket: PathBuf,
     /// Address to serve Flight on.
-    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8815")]
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8815", value_parser = parse_listen)]
     listen: SocketAddr,
     /// A peer gateway to pull missing objects from (repeatable).
     #[arg(long = "peer", value_name = "HOST:PORT")]
@@ -53,6 +53,15 @@ struct Args {
     /// PEM CA certificate to verify peers with (peers are then reached over TLS).
     #[arg(long, value_name = "PEM")]
     peer_ca: Option<PathBuf>,
+}
+
+/// Resolves `HOST:PORT` (a name or an address) to the first address it names.
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    s.to_socket_addrs()
+        .map_err(|e| format!("{s}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{s} names no address"))
 }
 
 /// Checks `authorization: Bearer <token>` on every incoming call when a token is set.
@@ -282,6 +291,15 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("127.0.0.1:8815").unwrap().port(), 8815);
+        assert!(parse_listen("localhost:9").unwrap().ip().is_loopback());
+        assert!(parse_listen("[::1]:9").unwrap().ip().is_loopback());
+        assert!(parse_listen("127.0.0.1").is_err());
+        assert!(parse_listen("nonsense:port").is_err());
+    }
 
     #[test]
     fn token_comparison() {
