@@ -1,4 +1,6 @@
-//! `plasma_store`: the daemon's command line, logging and exit codes.
+//! `plasma_store`: the daemon's command line, logging and exit codes, as a library function
+//! ([`run`]) so that the binary (`src/main.rs`) and the Python package's `plasma_store`
+//! console script run the same daemon.
 //!
 //! The flags are the original `plasma-store-server`'s (`-m BYTES -s SOCKET [-d DIR] [-h]
 //! [-e ENDPOINT]`, also in gflags' `-m=…`, `--m …` and `--m=…` spellings), with defaults so
@@ -11,8 +13,8 @@ use std::process::ExitCode;
 
 use log::{error, info};
 
-use plasma_store::server::{Server, ServerConfig};
-use plasma_store::store::StoreConfig;
+use crate::server::{Server, ServerConfig};
+use crate::store::StoreConfig;
 
 const DEFAULT_SOCKET: &str = "/tmp/plasma";
 const DEFAULT_MEMORY: u64 = 1 << 30;
@@ -194,8 +196,12 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
     Ok(Parsed::Run(Box::new(c)))
 }
 
-fn main() -> ExitCode {
-    let config = match parse_args(std::env::args().skip(1)) {
+/// Runs the daemon with the command-line arguments `args` (without the program name): parses
+/// them, serves until SIGINT or SIGTERM, and returns the exit code (0 after a clean stop or
+/// `--help`/`--version`, 1 for bad arguments or a store that cannot start). Initializes
+/// `env_logger` (RUST_LOG, default info), so call it once per process.
+pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
+    let config = match parse_args(args) {
         Ok(Parsed::Run(c)) => c,
         Ok(Parsed::Help) => {
             println!("{USAGE}");
@@ -234,7 +240,8 @@ fn main() -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         socket.display(),
     );
-    match server.run() {
+    let result = server.run();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("the event loop failed: {e}");

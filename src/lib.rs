@@ -3,6 +3,7 @@
 //!
 //! - [`protocol`]: the wire format (framing, FlatBuffers messages), shared by both sides.
 //! - [`client`]: a blocking Rust client.
+//! - [`cli`]: the daemon's command line (`plasma_store` runs [`cli::run`]).
 //! - [`server`]: the store daemon (one mio event loop that owns every piece of state).
 //! - [`store`]: the object table and lifecycle, independent of sockets.
 //! - [`external`]: external stores for evicted objects (`hashtable://`, the `file://` spill tier).
@@ -12,6 +13,7 @@
 //! - [`digest`]: the object digest the original client computes.
 
 pub mod arena;
+pub mod cli;
 pub mod client;
 pub mod digest;
 pub mod external;
