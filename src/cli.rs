@@ -11,7 +11,8 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use log::{error, info};
+use log::{error, info, warn};
+use sd_notify::NotifyState;
 
 use crate::server::{Server, ServerConfig};
 use crate::store::StoreConfig;
@@ -240,13 +241,25 @@ pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         socket.display(),
     );
+    // Under systemd (Type=notify): the socket is bound, so clients can connect from now on.
+    // Without NOTIFY_SOCKET in the environment this does nothing.
+    let status = format!("serving {}", socket.display());
+    notify_systemd(&[NotifyState::Ready, NotifyState::Status(&status)]);
     let result = server.run();
+    notify_systemd(&[NotifyState::Stopping]);
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("the event loop failed: {e}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// Tells the service manager about a state change (sd_notify(3)); a failure is only logged.
+fn notify_systemd(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("cannot notify systemd (NOTIFY_SOCKET): {e}");
     }
 }
 
