@@ -56,7 +56,7 @@ fn ready_once_the_socket_is_bound_and_stopping_on_sigterm() {
 fn an_unreachable_notify_socket_does_not_stop_the_store() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("plasma.sock");
-    let mut child = Command::new(BIN)
+    let child = Command::new(BIN)
         .args(["-m", "1000000", "-s"])
         .arg(&socket)
         .env("NOTIFY_SOCKET", dir.path().join("nobody-listens"))
