@@ -55,6 +55,10 @@ Limits (the store never lets one client cost the others):
                                  the store stops reading its requests (default 64MiB)
   --max-notification-bytes BYTES notifications queued for a subscriber that does not read
                                  them before its subscription is dropped (default 64MiB)
+Monitoring:
+  --metrics-listen [HOST:]PORT   serve Prometheus metrics at http://HOST:PORT/metrics (HOST
+                                 defaults to 127.0.0.1: loopback only; 0.0.0.0 or [::]
+                                 for every interface)
   --help       print this help
   --version    print the version
 
@@ -103,6 +107,20 @@ fn parse_size(flag: &str, s: &str) -> Result<u64, String> {
 /// A size that sizes an in-memory buffer.
 fn parse_buffer_size(flag: &str, s: &str) -> Result<usize, String> {
     parse_size(flag, s).map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// `PORT` (on 127.0.0.1) or `HOST:PORT` (`[::1]:PORT` for IPv6, or a name).
+fn parse_listen(flag: &str, s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs};
+    let bad = || format!("{flag} takes PORT or HOST:PORT; got {s:?}");
+    if let Ok(port) = s.trim().parse::<u16>() {
+        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+    }
+    s.trim()
+        .to_socket_addrs()
+        .map_err(|e| format!("{}: {e}", bad()))?
+        .next()
+        .ok_or_else(bad)
 }
 
 fn parse_count(flag: &str, s: &str) -> Result<usize, String> {
@@ -174,6 +192,9 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
                 c.allowed_uids.get_or_insert_with(Vec::new).extend(uids);
             }
             "spill-limit" => c.store.spill_limit = Some(parse_size(&flag, &value("a size")?)?),
+            "metrics-listen" => {
+                c.metrics_listen = Some(parse_listen(&flag, &value("[HOST:]PORT")?)?)
+            }
             "max-connections" => c.max_connections = parse_count(&flag, &value("a number")?)?,
             "max-pending-gets" => {
                 c.store.max_pending_gets = parse_count(&flag, &value("a number")?)?
@@ -241,6 +262,9 @@ pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         socket.display(),
     );
+    if let Some(addr) = server.metrics_addr() {
+        info!("metrics at http://{addr}/metrics");
+    }
     // Under systemd (Type=notify): the socket is bound, so clients can connect from now on.
     // Without NOTIFY_SOCKET in the environment this does nothing.
     let status = format!("serving {}", socket.display());
@@ -309,5 +333,14 @@ mod tests {
         assert!(parse(&["-x"]).is_err());
         assert!(parse(&["-m"]).is_err());
         assert!(parse(&["-s", &"a".repeat(108)]).is_err());
+        let Ok(Parsed::Run(a)) = parse(&["--metrics-listen", "9100"]) else {
+            panic!("parse failed");
+        };
+        assert_eq!(a.metrics_listen, Some(([127, 0, 0, 1], 9100).into()));
+        let Ok(Parsed::Run(a)) = parse(&["--metrics-listen=0.0.0.0:1"]) else {
+            panic!("parse failed");
+        };
+        assert_eq!(a.metrics_listen, Some(([0, 0, 0, 0], 1).into()));
+        assert!(parse(&["--metrics-listen", "x:y"]).is_err());
     }
 }

@@ -10,6 +10,7 @@
 //! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
 //! - [`shm`]: the shared-memory segment.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
+//! - [`metrics`], [`http`]: the Prometheus page (`--metrics-listen`), served by the loop.
 //! - [`digest`]: the object digest the original client computes.
 
 pub mod arena;
@@ -18,6 +19,8 @@ pub mod client;
 pub mod digest;
 pub mod external;
 pub mod fdpass;
+pub mod http;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod shm;

@@ -28,6 +28,7 @@ use log::{debug, error, info, warn};
 
 use crate::arena::Arena;
 use crate::external::ExternalStore;
+use crate::metrics::StoreCounters;
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
@@ -298,6 +299,8 @@ pub struct Store {
     pinned_bytes: u64,
     /// Quota-owned objects some client holds.
     owned_pinned: usize,
+    /// Eviction and external-store figures, for the metrics page.
+    counters: StoreCounters,
 }
 
 fn unix_now() -> i64 {
@@ -347,6 +350,7 @@ impl Store {
             next_lru: 0,
             deferred_deletes: HashSet::new(),
             external,
+            counters: StoreCounters::default(),
             pinned_bytes: 0,
             owned_pinned: 0,
         })
@@ -370,6 +374,27 @@ impl Store {
             references: self.objects.values().map(|o| u64::from(o.ref_count)).sum(),
             pending_gets: self.gets.len(),
         }
+    }
+
+    /// The capacity (`-m`).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Eviction and external-store counters.
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
+    }
+
+    /// Objects created and not sealed, and sealed ones (in memory or evicted to the
+    /// external store). Counts the table: for scrapes, not for the hot path.
+    pub fn objects_by_state(&self) -> (usize, usize) {
+        let created = self
+            .objects
+            .values()
+            .filter(|o| o.state == State::Created)
+            .count();
+        (created, self.objects.len() - created)
     }
 
     /// Registers a new client.
@@ -784,6 +809,8 @@ impl Store {
             let Some(external) = self.external.as_mut() else {
                 self.delete_now(id, out);
                 freed += size;
+                self.counters.evicted_objects += 1;
+                self.counters.evicted_bytes += size;
                 continue;
             };
             let Some(o) = self.objects.get_mut(&id) else {
@@ -803,6 +830,9 @@ impl Store {
             }
             o.state = State::Evicted;
             freed += size;
+            self.counters.evicted_objects += 1;
+            self.counters.evicted_bytes += size;
+            self.counters.spilled_bytes += size;
         }
         freed
     }
@@ -838,6 +868,7 @@ impl Store {
             o.state = State::Sealed;
             o.offset = offset;
         }
+        self.counters.restored_bytes += size;
         true
     }
 
