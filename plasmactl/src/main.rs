@@ -65,8 +65,13 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Show capacity, memory in use and objects by state
-    Status,
+    /// Show capacity, memory in use, objects by state (and clients, with --metrics)
+    Status {
+        /// The store's metrics endpoint ([HOST:]PORT of its --metrics-listen), to show the
+        /// clients and waiting gets too (the protocol has no request for them)
+        #[arg(long, value_name = "[HOST:]PORT")]
+        metrics: Option<String>,
+    },
     /// List every object: id, sizes, reference count, age, state
     List {
         /// One JSON array of objects instead of a table
@@ -241,8 +246,47 @@ fn allocated_bytes(report: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-fn status(socket: &Path) -> Result<()> {
+/// Reads one scrape of the store's metrics page: the value of each unlabelled sample named
+/// in `names`, in order (`None` where missing).
+fn scrape(endpoint: &str, names: &[&str]) -> Result<Vec<Option<u64>>> {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let fail = |e: String| Failure::new(exit::ERROR, format!("metrics at {endpoint}: {e}"));
+    let endpoint_full = if endpoint.parse::<u16>().is_ok() {
+        format!("127.0.0.1:{endpoint}")
+    } else {
+        endpoint.to_string()
+    };
+    let addr = endpoint_full
+        .to_socket_addrs()
+        .map_err(|e| fail(e.to_string()))?
+        .next()
+        .ok_or_else(|| fail("no address".into()))?;
+    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| fail(e.to_string()))?;
+    conn.set_read_timeout(Some(Duration::from_secs(10)))?;
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: plasma\r\n\r\n")?;
+    let mut page = String::new();
+    conn.read_to_string(&mut page)
+        .map_err(|e| fail(e.to_string()))?;
+    if !page.starts_with("HTTP/1.1 200") {
+        return Err(fail(page.lines().next().unwrap_or("no answer").to_string()));
+    }
+    Ok(names
+        .iter()
+        .map(|name| {
+            page.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect())
+}
+
+fn status(socket: &Path, metrics: Option<&str>) -> Result<()> {
     let client = connect(socket)?;
+    let live = match metrics {
+        Some(m) => Some(scrape(m, &["plasma_clients", "plasma_waiting_gets"])?),
+        None => None,
+    };
     let objects = client.list().map_err(client_failure)?;
     let report = client.debug_string().map_err(client_failure)?;
     let size = |o: &ObjectInfo| (o.data_size + o.metadata_size).max(0) as u64;
@@ -291,6 +335,12 @@ fn status(socket: &Path) -> Result<()> {
         out,
         "  in use:   {in_use} ({in_use_bytes} bytes referenced by clients)"
     )?;
+    if let Some(live) = live {
+        let show = |v: Option<u64>| v.map_or("unknown".to_string(), |n| n.to_string());
+        // This command's own connection is one of the clients.
+        writeln!(out, "clients:    {} (this one included)", show(live[0]))?;
+        writeln!(out, "waiting gets: {}", show(live[1]))?;
+    }
     Ok(())
 }
 
@@ -489,7 +539,7 @@ fn watch(socket: &Path) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     let s = cli.socket.as_path();
     match cli.command {
-        Command::Status => status(s),
+        Command::Status { metrics } => status(s, metrics.as_deref()),
         Command::List { json } => list(s, json),
         Command::Get { id, output } => get(s, &id, output.as_deref()),
         Command::Put { file, id, metadata } => put(s, &file, id.as_deref(), &metadata),

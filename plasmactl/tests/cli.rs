@@ -36,14 +36,22 @@ struct Store {
 
 impl Store {
     fn start(capacity: u64) -> Store {
+        Store::start_with(capacity, &[])
+    }
+
+    /// With more daemon flags; its log goes to `store.log` in its directory.
+    fn start_with(capacity: u64, extra: &[&str]) -> Store {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("plasma.sock");
+        let log = std::fs::File::create(dir.path().join("store.log")).unwrap();
         let child = Command::new(store_bin())
             .args(["-m", &capacity.to_string(), "-s"])
             .arg(&socket)
+            .args(extra)
+            .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -147,6 +155,39 @@ fn status_reports_capacity_use_and_objects_by_state() {
         .unwrap();
     assert!(used >= 1501, "{out}");
     drop(unsealed);
+}
+
+#[test]
+fn status_with_metrics_shows_the_clients() {
+    let store = Store::start_with(1_000_000, &["--metrics-listen", "0"]);
+    let log = store._dir.path().join("store.log");
+    // The log names the port the store picked (just after its socket starts listening).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let port = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(rest) = text.split("metrics at http://127.0.0.1:").nth(1)
+            && let Some(port) = rest.split('/').next()
+        {
+            break port.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no metrics address in the log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let _other = store.client();
+    let o = store.ctl(&["status", "--metrics", &port]);
+    assert_code(&o, 0);
+    let out = stdout(&o);
+    assert!(out.contains("clients:    2 (this one included)"), "{out}");
+    assert!(out.contains("waiting gets: 0"), "{out}");
+
+    // A metrics endpoint that is not there is an error, not a guess.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    assert_error(&store.ctl(&["status", "--metrics", &dead]), 1, "metrics at");
 }
 
 #[test]
