@@ -38,6 +38,7 @@ def bare_env(venv):
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("PLASMA_", "VIRTUAL_ENV", "PYTHON"))}
     env["PATH"] = str(venv / "bin")
+    env["RUST_LOG"] = "info"  # the tests read the daemon's log
     return env
 
 
