@@ -154,6 +154,8 @@ impl Store {
             if self.external.is_none() {
                 self.delete_now(id, out);
                 freed += size;
+                self.counters.evicted_objects += 1;
+                self.counters.evicted_bytes += size;
                 continue;
             }
             let Some((segment, offset)) = self.objects.get(&id).map(|o| (o.segment, o.offset))
@@ -178,6 +180,9 @@ impl Store {
                 o.state = State::Evicted;
             }
             freed += size;
+            self.counters.evicted_objects += 1;
+            self.counters.evicted_bytes += size;
+            self.counters.spilled_bytes += size;
         }
         if freed > 0 {
             self.create_queue.freed = true;
@@ -217,6 +222,7 @@ impl Store {
             o.segment = SEGMENT_ID;
             o.offset = offset;
         }
+        self.counters.restored_bytes += size;
         true
     }
     /// Puts an object at the young end of its list (its owner's or the global one).
