@@ -8,6 +8,7 @@
 //! - [`external`]: external stores for evicted objects (`hashtable://`, the `file://` spill tier).
 //! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
 //! - [`shm`]: the shared-memory segment.
+//! - [`persist`]: `--persist DIR`, restarts that keep the sealed objects.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
 //! - [`digest`]: the object digest the original client computes.
 
@@ -16,6 +17,7 @@ pub mod client;
 pub mod digest;
 pub mod external;
 pub mod fdpass;
+pub mod persist;
 pub mod protocol;
 pub mod server;
 pub mod shm;

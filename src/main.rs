@@ -11,6 +11,7 @@ use std::process::ExitCode;
 
 use log::{error, info};
 
+use plasma_store::persist::PersistConfig;
 use plasma_store::server::{Server, ServerConfig};
 use plasma_store::store::StoreConfig;
 
@@ -32,6 +33,14 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
                file:///DIR    spill to files in DIR (see the README: the spill tier)
                hashtable://X  keep them in the store's own memory (the original's test store)
   --spill-limit BYTES  most bytes the file:// spill tier may write (default: no limit)
+  --persist DIR  keep the shared memory (DIR/segment) and a record of the sealed objects in
+               DIR, so that a store restarted with the same DIR has every object whose seal
+               was acknowledged, however the last one stopped (see the README: restarts that
+               lose nothing). Not with -d or -h
+  --persist-verify  check every recovered object's digest before serving (default: on its
+               first get); objects whose bytes do not match are dropped
+  --persist-sync  write the segment and each record to storage before acknowledging a seal:
+               survives power loss when DIR is on a disk (slow: two fdatasyncs per seal)
   --no-prefault  leave shared memory to be allocated on first touch (by default the store
                makes it resident in the background, while idle, after start-up)
 
@@ -115,6 +124,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         StoreConfig::new(DEFAULT_MEMORY),
     );
     let mut it = argv.into_iter();
+    // --persist-verify and --persist-sync, applied once --persist is known.
+    let mut persist_flags = (false, false);
     while let Some(arg) = it.next() {
         if !arg.starts_with('-') || arg == "-" {
             // The original ignores positional arguments; saying so is kinder.
@@ -154,6 +165,9 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             }
             "noh" | "nohugepages" => c.store.segment.huge_pages = false,
             "no-prefault" => c.prefault = false,
+            "persist" => c.store.persist = Some(PersistConfig::new(value("a directory")?)),
+            "persist-verify" => persist_flags.0 = true,
+            "persist-sync" => persist_flags.1 = true,
             "socket-mode" => {
                 let v = value("an octal mode")?;
                 c.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
@@ -185,6 +199,21 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
+    match c.store.persist.as_mut() {
+        Some(p) => (p.verify, p.sync) = persist_flags,
+        None if persist_flags != (false, false) => {
+            return Err("--persist-verify and --persist-sync need --persist DIR".into());
+        }
+        None => {}
+    }
+    if c.store.persist.is_some()
+        && (c.store.segment.directory.is_some() || c.store.segment.huge_pages)
+    {
+        return Err(
+            "--persist DIR keeps the shared memory in DIR: it cannot be combined with -d or -h"
+                .into(),
+        );
+    }
     let len = c.socket.as_os_str().len();
     if len == 0 || len > 107 {
         return Err(format!(
@@ -213,9 +242,10 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let (socket, capacity) = (config.socket.clone(), config.store.capacity);
-    let memory = match &config.store.segment.directory {
-        None => "an anonymous memfd".to_string(),
-        Some(d) => d.display().to_string(),
+    let memory = match (&config.store.segment.directory, &config.store.persist) {
+        (_, Some(p)) => format!("{} (persistent)", p.dir.join("segment").display()),
+        (None, None) => "an anonymous memfd".to_string(),
+        (Some(d), None) => d.display().to_string(),
     };
     let huge = if config.store.segment.huge_pages {
         ", huge pages"
@@ -289,5 +319,17 @@ mod tests {
         assert!(parse(&["-x"]).is_err());
         assert!(parse(&["-m"]).is_err());
         assert!(parse(&["-s", &"a".repeat(108)]).is_err());
+    }
+
+    #[test]
+    fn persist_flags() {
+        let Ok(Parsed::Run(a)) = parse(&["--persist-sync", "--persist", "/tmp/p"]) else {
+            panic!("parse failed");
+        };
+        let p = a.store.persist.expect("persist");
+        assert_eq!((p.dir.to_str(), p.verify, p.sync), (Some("/tmp/p"), false, true));
+        assert!(parse(&["--persist-verify"]).is_err());
+        assert!(parse(&["--persist", "/tmp/p", "-d", "/dev/shm"]).is_err());
+        assert!(parse(&["--persist", "/tmp/p", "-h"]).is_err());
     }
 }

@@ -28,6 +28,7 @@ use log::{debug, error, info, warn};
 
 use crate::arena::Arena;
 use crate::external::ExternalStore;
+use crate::persist::{PersistConfig, Persist, SealRecord};
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
@@ -69,6 +70,8 @@ pub struct StoreConfig {
     pub external_store: Option<String>,
     /// Most bytes the `file://` spill tier may write.
     pub spill_limit: Option<u64>,
+    /// `--persist DIR`: keep the segment and a record of its sealed objects in a directory.
+    pub persist: Option<PersistConfig>,
 }
 
 impl StoreConfig {
@@ -80,6 +83,7 @@ impl StoreConfig {
             max_pending_gets: 1024,
             external_store: None,
             spill_limit: None,
+            persist: None,
         }
     }
 }
@@ -298,6 +302,8 @@ pub struct Store {
     pinned_bytes: u64,
     /// Quota-owned objects some client holds.
     owned_pinned: usize,
+    /// The record of sealed objects kept with `--persist`.
+    persist: Option<Persist>,
 }
 
 fn unix_now() -> i64 {
@@ -330,9 +336,19 @@ impl Store {
             .map(|e| ExternalStore::open(e, config.spill_limit))
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let segment = Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
-        let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
-        Ok(Store {
+        let (segment, arena, persist, recovered) = match &config.persist {
+            None => {
+                let segment =
+                    Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
+                let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
+                (segment, arena, None, Vec::new())
+            }
+            Some(p) => {
+                let o = crate::persist::open(p, SEGMENT_ID, config.capacity, segment_len)?;
+                (o.segment, o.arena, Some(o.persist), o.objects)
+            }
+        };
+        let mut store = Store {
             capacity: config.capacity,
             max_pending_gets: config.max_pending_gets,
             segment,
@@ -349,7 +365,12 @@ impl Store {
             external,
             pinned_bytes: 0,
             owned_pinned: 0,
-        })
+            persist,
+        };
+        for r in recovered {
+            store.adopt(r);
+        }
+        Ok(store)
     }
 
     /// The shared-memory segment with this id, to send its fd.
@@ -803,6 +824,7 @@ impl Store {
             }
             o.state = State::Evicted;
             freed += size;
+            self.persist_delete(id);
         }
         freed
     }
@@ -838,6 +860,7 @@ impl Store {
             o.state = State::Sealed;
             o.offset = offset;
         }
+        self.persist_seals(&[id]);
         true
     }
 
@@ -881,6 +904,10 @@ impl Store {
             o.digest = Some(b.digest);
             o.construct_duration = 0;
             infos.push(seal_info(b.object_id, o));
+        }
+        if self.persist.is_some() {
+            let ids: Vec<ObjectId> = objects.iter().map(|b| b.object_id).collect();
+            self.persist_seals(&ids);
         }
         out.notify(&infos);
         for b in objects {
@@ -936,6 +963,7 @@ impl Store {
         o.construct_duration =
             i32::try_from(unix_now().saturating_sub(o.create_time)).unwrap_or(i32::MAX);
         let info = seal_info(object_id, o);
+        self.persist_seals(&[object_id]);
         out.notify(&[info]);
         self.wake_waiters(object_id, out);
         PlasmaError::Ok
@@ -958,6 +986,9 @@ impl Store {
             let mut state = self.objects.get(id).map(|o| o.state);
             if state == Some(State::Evicted) && self.restore(*id, out) {
                 state = Some(State::Sealed);
+            }
+            if state == Some(State::Sealed) && !self.recovered_intact(*id, out) {
+                state = None;
             }
             match (state, self.objects.get(id)) {
                 (Some(State::Sealed), Some(o)) => {
@@ -1260,6 +1291,9 @@ impl Store {
         if let Err(e) = self.arena.free(o.offset) {
             warn!("freeing {object_id} at {}: {e}", o.offset);
         }
+        if o.state == State::Sealed {
+            self.persist_delete(object_id);
+        }
         true
     }
 
@@ -1340,6 +1374,103 @@ impl Store {
             );
         }
         s
+    }
+}
+
+/// `--persist` hooks: recording seals and deletes, adopting recovered objects, checking them.
+impl Store {
+    /// Enters an object recovered from the persist log: sealed, unreferenced, evictable.
+    fn adopt(&mut self, r: SealRecord) {
+        self.objects.insert(
+            r.object_id,
+            Object {
+                state: State::Sealed,
+                offset: r.offset,
+                data_size: r.data_size,
+                metadata_size: r.metadata_size,
+                create_time: r.create_time,
+                construct_duration: r.construct_duration,
+                digest: Some(r.digest),
+                ref_count: 0,
+                owner: None,
+                lru_seq: None,
+            },
+        );
+        self.lru_insert(r.object_id);
+    }
+
+    fn seal_record(&self, object_id: ObjectId) -> Option<SealRecord> {
+        self.objects.get(&object_id).map(|o| seal_record(object_id, o))
+    }
+
+    /// Records newly sealed objects (before their seal is acknowledged).
+    fn persist_seals(&mut self, ids: &[ObjectId]) {
+        if self.persist.is_none() {
+            return;
+        }
+        let records: Vec<SealRecord> = ids.iter().filter_map(|id| self.seal_record(*id)).collect();
+        if let Some(p) = self.persist.as_mut() {
+            p.record_seals(&records, &self.segment);
+        }
+        self.maybe_compact();
+    }
+
+    /// Records that a sealed object left the segment.
+    fn persist_delete(&mut self, object_id: ObjectId) {
+        if let Some(p) = self.persist.as_mut() {
+            p.record_delete(object_id);
+            self.maybe_compact();
+        }
+    }
+
+    fn maybe_compact(&mut self) {
+        let Some(p) = self.persist.as_mut() else {
+            return;
+        };
+        if p.wants_compaction() {
+            let live = self
+                .objects
+                .iter()
+                .filter(|(_, o)| o.state == State::Sealed)
+                .map(|(id, o)| seal_record(*id, o));
+            p.compact(live);
+        }
+    }
+
+    /// For a sealed object: `false` if it was recovered after a restart and its bytes do not
+    /// match its digest, in which case it is dropped. Checked once per recovered object.
+    fn recovered_intact(&mut self, object_id: ObjectId, out: &mut impl Sink) -> bool {
+        if !self
+            .persist
+            .as_ref()
+            .is_some_and(|p| p.is_unverified(&object_id))
+        {
+            return true;
+        }
+        let Some(record) = self.seal_record(object_id) else {
+            return false;
+        };
+        let intact = match self.persist.as_mut() {
+            Some(p) => p.verify(&record, &self.segment),
+            None => true,
+        };
+        if !intact {
+            self.delete_now(object_id, out);
+        }
+        intact
+    }
+}
+
+/// What the persist log records about a sealed object.
+fn seal_record(object_id: ObjectId, o: &Object) -> SealRecord {
+    SealRecord {
+        object_id,
+        offset: o.offset,
+        data_size: o.data_size,
+        metadata_size: o.metadata_size,
+        digest: o.digest.unwrap_or_default(),
+        create_time: o.create_time,
+        construct_duration: o.construct_duration,
     }
 }
 

@@ -1,0 +1,732 @@
+//! `--persist DIR`: a store that restarts without losing its sealed objects.
+//!
+//! `DIR` holds three files:
+//! - `segment`: the shared memory itself, a named file instead of an anonymous memfd. On a
+//!   tmpfs (`/dev/shm`) it outlives the process; on a disk it is backed by the page cache and
+//!   also outlives a reboot (see `--persist-sync`).
+//! - `objects.log`: what the segment holds. An 80-byte header, then fixed-size 80-byte
+//!   records, each with its own checksum: a *seal* record (id, offset, sizes, digest, times)
+//!   when an object becomes sealed in the segment, a *delete* record when it leaves it
+//!   (deleted, evicted, dropped). Appended with one `pwrite` per acknowledged seal (or batch)
+//!   before the reply is queued, so every acknowledged object is in the file's page cache,
+//!   which survives SIGKILL and crashes of the process (not a power loss: that takes
+//!   `--persist-sync`, which writes the segment and the record to storage first).
+//! - `lock`: `flock`ed for the store's lifetime, holding its pid, so that two stores never use
+//!   one directory.
+//!
+//! Start-up replays the log in order into the live set (a delete cancels the seal before it;
+//! a second seal of the same id replaces the first), then trusts nothing in it blindly: a
+//! record whose checksum fails is skipped (records are fixed-size, so one bad record costs only
+//! the object it describes, and a torn tail only the last write); an object whose range is
+//! misaligned, overflows or lies outside the segment file is dropped; when two ranges overlap
+//! the later record wins (the store only ever allocates freed memory, so a later seal proves
+//! the earlier object's range had been freed: its delete record was lost). Every drop is
+//! logged. Digests are checked against the bytes on an object's first get, or for all objects
+//! before serving with `--persist-verify`; a mismatch drops the object. The arena is rebuilt
+//! around the surviving objects, and the log is compacted into a snapshot of them (written
+//! aside and renamed over the old one) at start-up when it holds anything else, and while
+//! running once it has grown past twice the live records plus [`COMPACT_SLACK`].
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Write};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use log::{error, info, warn};
+use nix::fcntl::{Flock, FlockArg};
+use xxhash_rust::xxh64::xxh64;
+
+use crate::arena::{ALIGNMENT, Arena};
+use crate::digest::object_digest_from;
+use crate::protocol::{Digest, ObjectId};
+use crate::shm::{CLIENT_MAP_TAIL, SEGMENT_BASE, Segment};
+
+/// Length of the log header and of every record.
+pub const RECORD_LEN: usize = 80;
+/// Records beyond twice the live ones that the log may hold before it is compacted.
+pub const COMPACT_SLACK: u64 = 1 << 16;
+
+const LOG_FILE: &str = "objects.log";
+const LOG_TEMP: &str = "objects.log.new";
+const SEGMENT_FILE: &str = "segment";
+const LOCK_FILE: &str = "lock";
+const MAGIC: &[u8; 16] = b"plasma-store-log";
+const VERSION: u32 = 1;
+/// Every record starts with these bytes.
+const MARK: &[u8; 2] = b"PR";
+const KIND_SEAL: u8 = 1;
+const KIND_DELETE: u8 = 2;
+/// Seed of the records' checksums (xxh64 of the first 72 bytes).
+const SEED: u64 = 0x706c_6173_6d61_6c67;
+/// Dropped records logged one by one before only a summary is.
+const LOG_DROPS: u64 = 10;
+
+/// `--persist` settings.
+#[derive(Debug, Clone)]
+pub struct PersistConfig {
+    /// The directory holding the segment, the log and the lock.
+    pub dir: PathBuf,
+    /// Check every recovered object's digest before serving (`--persist-verify`), rather
+    /// than on its first get.
+    pub verify: bool,
+    /// Write the segment and each record to storage before acknowledging (`--persist-sync`):
+    /// survives power loss on a disk, at the cost of two fdatasyncs per seal.
+    pub sync: bool,
+}
+
+impl PersistConfig {
+    /// Persistence in `dir`, digests checked lazily, no syncs.
+    pub fn new(dir: impl Into<PathBuf>) -> PersistConfig {
+        PersistConfig {
+            dir: dir.into(),
+            verify: false,
+            sync: false,
+        }
+    }
+}
+
+/// What the log says about one sealed object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SealRecord {
+    /// Its id.
+    pub object_id: ObjectId,
+    /// Where its data starts in the segment (metadata follows the data).
+    pub offset: u64,
+    /// Bytes of data.
+    pub data_size: u64,
+    /// Bytes of metadata.
+    pub metadata_size: u64,
+    /// The digest its creator sealed it with.
+    pub digest: Digest,
+    /// Unix seconds.
+    pub create_time: i64,
+    /// Seconds from create to seal.
+    pub construct_duration: i32,
+}
+
+impl SealRecord {
+    /// Bytes of segment its block spans (the arena's rounding), if the sizes do not overflow.
+    fn block_len(&self) -> Option<u64> {
+        let size = self.data_size.checked_add(self.metadata_size)?;
+        size.max(1).div_ceil(ALIGNMENT).checked_mul(ALIGNMENT)
+    }
+
+    fn encode(&self) -> [u8; RECORD_LEN] {
+        let mut b = [0u8; RECORD_LEN];
+        b[2] = KIND_SEAL;
+        b[4..8].copy_from_slice(&self.construct_duration.to_le_bytes());
+        b[8..28].copy_from_slice(&self.object_id.0);
+        b[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        b[40..48].copy_from_slice(&self.data_size.to_le_bytes());
+        b[48..56].copy_from_slice(&self.metadata_size.to_le_bytes());
+        b[56..64].copy_from_slice(&self.digest);
+        b[64..72].copy_from_slice(&self.create_time.to_le_bytes());
+        seal_checksum(&mut b);
+        b
+    }
+}
+
+/// One decoded log record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Entry {
+    Seal(SealRecord),
+    Delete(ObjectId),
+}
+
+fn seal_checksum(b: &mut [u8; RECORD_LEN]) {
+    b[..2].copy_from_slice(MARK);
+    let sum = xxh64(&b[..72], SEED);
+    b[72..].copy_from_slice(&sum.to_le_bytes());
+}
+
+fn delete_record(id: ObjectId) -> [u8; RECORD_LEN] {
+    let mut b = [0u8; RECORD_LEN];
+    b[2] = KIND_DELETE;
+    b[8..28].copy_from_slice(&id.0);
+    seal_checksum(&mut b);
+    b
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(x)
+}
+
+/// Decodes one record slot; `None` for anything but an intact record of a known kind.
+fn decode(b: &[u8]) -> Option<Entry> {
+    if b.len() != RECORD_LEN || &b[..2] != MARK || b[3] != 0 || b[28..32] != [0; 4] {
+        return None;
+    }
+    if xxh64(&b[..72], SEED) != u64_at(b, 72) {
+        return None;
+    }
+    let mut id = [0u8; 20];
+    id.copy_from_slice(&b[8..28]);
+    let object_id = ObjectId(id);
+    match b[2] {
+        KIND_SEAL => {
+            let mut digest = [0u8; 8];
+            digest.copy_from_slice(&b[56..64]);
+            let mut cd = [0u8; 4];
+            cd.copy_from_slice(&b[4..8]);
+            Some(Entry::Seal(SealRecord {
+                object_id,
+                offset: u64_at(b, 32),
+                data_size: u64_at(b, 40),
+                metadata_size: u64_at(b, 48),
+                digest,
+                create_time: u64_at(b, 64) as i64,
+                construct_duration: i32::from_le_bytes(cd),
+            }))
+        }
+        KIND_DELETE => Some(Entry::Delete(object_id)),
+        _ => None,
+    }
+}
+
+fn header() -> [u8; RECORD_LEN] {
+    let mut h = [0u8; RECORD_LEN];
+    h[..16].copy_from_slice(MAGIC);
+    h[16..20].copy_from_slice(&VERSION.to_le_bytes());
+    h
+}
+
+/// The recording side of persistence, owned by the store: appends records and compacts.
+#[derive(Debug)]
+pub struct Persist {
+    dir: PathBuf,
+    /// The log, written at explicit offsets.
+    log: File,
+    /// Record slots in the log (every record written, live or not, and failed writes).
+    slots: u64,
+    /// Seal records of objects still in the segment.
+    live: u64,
+    sync: bool,
+    /// Recovered objects whose digest has not been checked yet.
+    unverified: HashSet<ObjectId>,
+    /// A write failed: the log may miss records until the next compaction.
+    stale: bool,
+    /// No compaction before the log has this many slots (pushed out after a failure).
+    retry_at: u64,
+    scratch: Vec<u8>,
+    _lock: Flock<File>,
+}
+
+/// A store's persistent state, opened and recovered.
+pub struct Opened {
+    /// The segment, sized for the new capacity, holding the recovered objects.
+    pub segment: Segment,
+    /// Its allocator, with the recovered objects' blocks allocated.
+    pub arena: Arena,
+    /// The recorder.
+    pub persist: Persist,
+    /// The recovered sealed objects, in the order they were sealed.
+    pub objects: Vec<SealRecord>,
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, msg)
+}
+
+/// Takes the directory's lock, or says which store holds it.
+fn lock(dir: &Path) -> io::Result<Flock<File>> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(locked) => {
+            locked.set_len(0)?;
+            locked.write_all_at(format!("{}\n", std::process::id()).as_bytes(), 0)?;
+            Ok(locked)
+        }
+        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!(
+                    "{} is in use by another plasma_store (pid {}): two stores never share a \
+                     --persist directory",
+                    dir.display(),
+                    pid.trim()
+                ),
+            ))
+        }
+        Err((_, e)) => Err(io::Error::new(
+            io::Error::from(e).kind(),
+            format!("cannot lock {}: {e}", path.display()),
+        )),
+    }
+}
+
+/// What replaying the log found.
+#[derive(Default)]
+struct Replay {
+    /// Live objects: id → (slot of its seal record, the record).
+    live: HashMap<ObjectId, (u64, SealRecord)>,
+    slots: u64,
+    /// Records that failed their checksum.
+    bad: u64,
+    /// Bytes at the end that are not a whole record.
+    torn: u64,
+    /// Seal records whose object was dropped (invalid or conflicting).
+    dropped: u64,
+}
+
+impl Replay {
+    fn drop_object(&mut self, r: &SealRecord, why: &str) {
+        self.dropped += 1;
+        if self.dropped <= LOG_DROPS {
+            warn!(
+                "persist: dropping {} ({}+{} bytes at {}): {why}",
+                r.object_id, r.data_size, r.metadata_size, r.offset
+            );
+        }
+    }
+}
+
+/// Replays the log's records against a segment file of `segment_size` bytes.
+fn replay(log: &[u8], segment_size: u64) -> Replay {
+    let mut out = Replay::default();
+    let body = log.get(RECORD_LEN..).unwrap_or_default();
+    let end = segment_size.saturating_sub(CLIENT_MAP_TAIL);
+    let chunks = body.chunks_exact(RECORD_LEN);
+    out.torn = chunks.remainder().len() as u64;
+    for (slot, b) in chunks.enumerate() {
+        let slot = slot as u64;
+        out.slots += 1;
+        match decode(b) {
+            None => {
+                out.bad += 1;
+                if out.bad <= LOG_DROPS {
+                    warn!("persist: record {slot} of the log is damaged; skipped");
+                }
+            }
+            Some(Entry::Delete(id)) => {
+                out.live.remove(&id);
+            }
+            Some(Entry::Seal(r)) => {
+                let fits = r
+                    .data_size
+                    .checked_add(r.metadata_size)
+                    .and_then(|s| r.offset.checked_add(s))
+                    .is_some_and(|e| e <= end)
+                    && r.block_len().is_some();
+                if !fits || r.offset < SEGMENT_BASE || !r.offset.is_multiple_of(ALIGNMENT) {
+                    out.drop_object(&r, "its range is not inside the segment file");
+                } else if let Some((_, old)) = out.live.insert(r.object_id, (slot, r)) {
+                    out.drop_object(&old, "sealed again later (a lost delete record)");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The live objects of a replay without overlaps (the later record wins), by offset.
+fn resolve_overlaps(replay: &mut Replay) -> Vec<(u64, SealRecord)> {
+    let mut all: Vec<(u64, SealRecord)> = replay.live.drain().map(|(_, v)| v).collect();
+    all.sort_unstable_by_key(|(_, r)| r.offset);
+    let mut kept: Vec<(u64, SealRecord)> = Vec::with_capacity(all.len());
+    for (slot, r) in all {
+        if let Some(&(last_slot, last)) = kept.last() {
+            let last_end = last.offset + last.block_len().unwrap_or(0);
+            if r.offset < last_end {
+                if slot > last_slot {
+                    kept.pop();
+                    replay.drop_object(&last, "overlaps an object sealed later");
+                } else {
+                    replay.drop_object(&r, "overlaps an object sealed later");
+                    continue;
+                }
+            }
+        }
+        kept.push((slot, r));
+    }
+    kept
+}
+
+/// Computes an object's digest from the segment's bytes.
+fn digest_in(segment: &Segment, r: &SealRecord) -> io::Result<Digest> {
+    object_digest_from(r.data_size, r.metadata_size, |at, buf| {
+        segment.read(r.offset + at, buf)
+    })
+}
+
+/// Writes a log holding exactly `records` beside the old one and renames it over it. Returns
+/// the new log, open for appending, and its number of records.
+fn write_snapshot(
+    dir: &Path,
+    records: impl Iterator<Item = SealRecord>,
+    sync: bool,
+) -> io::Result<(File, u64)> {
+    let temp = dir.join(LOG_TEMP);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
+    w.write_all(&header())?;
+    let mut n = 0;
+    for r in records {
+        w.write_all(&r.encode())?;
+        n += 1;
+    }
+    let file = w.into_inner().map_err(|e| e.into_error())?;
+    if sync {
+        file.sync_all()?;
+    }
+    std::fs::rename(&temp, dir.join(LOG_FILE))?;
+    if sync {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok((file, n))
+}
+
+/// The smallest `-m` whose segment holds `bytes` of objects ending at offset `end`.
+fn capacity_needed(bytes: u64, end: u64, usable_for: impl Fn(u64) -> u64) -> u64 {
+    let fits = |c: u64| {
+        Segment::usable_len_for(usable_for(c)).is_ok_and(|u| SEGMENT_BASE.saturating_add(u) >= end)
+    };
+    let (mut lo, mut hi) = (bytes.max(1), bytes.max(end).max(1));
+    while !fits(hi) && hi < u64::MAX / 2 {
+        hi *= 2;
+    }
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if fits(mid) { hi = mid } else { lo = mid + 1 }
+    }
+    lo
+}
+
+/// Opens `config.dir` (creating it if needed), takes its lock, recovers the objects recorded
+/// there and sizes the segment for `capacity` (`usable_for(capacity)` usable bytes). Refuses,
+/// changing nothing, when the directory is locked, the log is not one, or the objects do not
+/// fit in the new capacity.
+pub fn open(
+    config: &PersistConfig,
+    segment_id: i32,
+    capacity: u64,
+    usable_for: impl Fn(u64) -> u64,
+) -> io::Result<Opened> {
+    let started = Instant::now();
+    let dir = &config.dir;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| io::Error::new(e.kind(), format!("--persist {}: {e}", dir.display())))?;
+    let lock = lock(dir)?;
+    let log_path = dir.join(LOG_FILE);
+    let log = match std::fs::read(&log_path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", log_path.display()))),
+    };
+    if !log.is_empty() && log.get(..RECORD_LEN) != Some(&header()[..]) {
+        return Err(invalid(format!(
+            "{} is not a plasma_store log of version {VERSION}; move it away to start empty",
+            log_path.display()
+        )));
+    }
+    let mut segment = Segment::open_file(segment_id, &dir.join(SEGMENT_FILE))?;
+    let mut replay = replay(&log, segment.mmap_size());
+    let fresh = log.is_empty();
+    drop(log);
+    let mut kept = resolve_overlaps(&mut replay);
+
+    if config.verify {
+        kept.retain(|(_, r)| match digest_in(&segment, r) {
+            Ok(d) if d == r.digest => true,
+            Ok(_) => {
+                replay.drop_object(r, "its bytes do not match its digest");
+                false
+            }
+            Err(e) => {
+                replay.drop_object(r, &format!("cannot read it: {e}"));
+                false
+            }
+        });
+    }
+
+    let bytes: u64 = kept.iter().map(|(_, r)| r.data_size + r.metadata_size).sum();
+    let end = kept
+        .last()
+        .map_or(SEGMENT_BASE, |(_, r)| r.offset + r.block_len().unwrap_or(0));
+    let usable = usable_for(capacity);
+    let new_end = SEGMENT_BASE.saturating_add(Segment::usable_len_for(usable)?);
+    if bytes > capacity || end > new_end {
+        return Err(invalid(format!(
+            "{} holds {} objects of {bytes} bytes in all, the last ending at offset {end}: they do \
+             not fit in -m {capacity}; start with -m {} or more (or move the directory away to \
+             start empty)",
+            dir.display(),
+            kept.len(),
+            capacity_needed(bytes, end, &usable_for)
+        )));
+    }
+    segment.resize(usable)?;
+    let blocks: Vec<(u64, u64)> = kept
+        .iter()
+        .map(|(_, r)| (r.offset, r.data_size + r.metadata_size))
+        .collect();
+    let arena = Arena::with_blocks(SEGMENT_BASE, segment.usable_len(), &blocks)
+        .map_err(|e| invalid(format!("rebuilding the allocator: {e}")))?;
+    drop(blocks);
+    // Back in the order they were sealed (the LRU order).
+    kept.sort_unstable_by_key(|(slot, _)| *slot);
+    let objects: Vec<SealRecord> = kept.into_iter().map(|(_, r)| r).collect();
+
+    // A log holding exactly the live objects is kept; anything else is rewritten.
+    let whole = !fresh && replay.torn == 0 && replay.slots == objects.len() as u64;
+    let (log, slots) = if whole {
+        let f = OpenOptions::new().read(true).write(true).open(&log_path)?;
+        (f, replay.slots)
+    } else {
+        write_snapshot(dir, objects.iter().copied(), config.sync)?
+    };
+    if replay.dropped > 0 || replay.bad > 0 || replay.torn > 0 {
+        warn!(
+            "persist: {} damaged records, {} torn bytes at the end of the log, {} objects \
+             dropped",
+            replay.bad, replay.torn, replay.dropped
+        );
+    }
+    info!(
+        "persist: recovered {} objects ({bytes} bytes) from {} in {} ms{}",
+        objects.len(),
+        dir.display(),
+        started.elapsed().as_millis(),
+        if config.verify { ", digests verified" } else { "" }
+    );
+    let unverified = if config.verify {
+        HashSet::new()
+    } else {
+        objects.iter().map(|r| r.object_id).collect()
+    };
+    Ok(Opened {
+        segment,
+        arena,
+        persist: Persist {
+            dir: dir.clone(),
+            log,
+            slots,
+            live: objects.len() as u64,
+            sync: config.sync,
+            unverified,
+            stale: false,
+            retry_at: 0,
+            scratch: Vec::new(),
+            _lock: lock,
+        },
+        objects,
+    })
+}
+
+impl Persist {
+    /// Records that `records` are sealed in the segment. Called before their seal is
+    /// acknowledged; with `sync`, the segment's bytes reach storage before the records do.
+    pub fn record_seals(&mut self, records: &[SealRecord], segment: &Segment) {
+        if records.is_empty() {
+            return;
+        }
+        if self.sync
+            && let Err(e) = segment.sync_data()
+        {
+            error!("persist: cannot sync the segment: {e}");
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        for r in records {
+            buf.extend_from_slice(&r.encode());
+        }
+        self.append(&buf, records.len() as u64);
+        self.scratch = buf;
+        self.live += records.len() as u64;
+    }
+
+    /// Records that an object left the segment (deleted, evicted or dropped).
+    pub fn record_delete(&mut self, object_id: ObjectId) {
+        self.unverified.remove(&object_id);
+        self.append(&delete_record(object_id), 1);
+        self.live = self.live.saturating_sub(1);
+    }
+
+    fn append(&mut self, bytes: &[u8], records: u64) {
+        let at = (self.slots + 1) * RECORD_LEN as u64;
+        // The slots count even if the write fails, so later records stay aligned and a
+        // partial write is one damaged record.
+        self.slots += records;
+        let written = self.log.write_all_at(bytes, at).and_then(|()| {
+            if self.sync {
+                self.log.sync_data()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = written {
+            if !self.stale {
+                error!(
+                    "persist: cannot write to {}: {e}; objects sealed until the next successful \
+                     compaction may not survive a restart",
+                    self.dir.join(LOG_FILE).display()
+                );
+            }
+            self.stale = true;
+        }
+    }
+
+    /// Whether the log should be compacted now: it has grown past twice the live records
+    /// (plus [`COMPACT_SLACK`]), or a write failed.
+    pub fn wants_compaction(&self) -> bool {
+        self.slots >= self.retry_at
+            && (self.stale || self.slots > 2 * self.live + COMPACT_SLACK)
+    }
+
+    /// Replaces the log with a snapshot of `live` (every object sealed in the segment).
+    pub fn compact(&mut self, live: impl Iterator<Item = SealRecord>) {
+        let started = Instant::now();
+        let before = self.slots;
+        match write_snapshot(&self.dir, live, self.sync) {
+            Ok((log, n)) => {
+                self.log = log;
+                self.slots = n;
+                self.live = n;
+                self.stale = false;
+                info!(
+                    "persist: compacted the log from {before} to {n} records in {} ms",
+                    started.elapsed().as_millis()
+                );
+            }
+            Err(e) => {
+                error!("persist: compacting the log failed: {e}");
+                self.retry_at = self.slots + COMPACT_SLACK;
+            }
+        }
+    }
+
+    /// Whether the object was recovered and its digest is still to be checked.
+    pub fn is_unverified(&self, object_id: &ObjectId) -> bool {
+        !self.unverified.is_empty() && self.unverified.contains(object_id)
+    }
+
+    /// Checks a recovered object's bytes against its digest (once). `false`: they do not
+    /// match (or cannot be read), and the caller drops the object.
+    pub fn verify(&mut self, record: &SealRecord, segment: &Segment) -> bool {
+        self.unverified.remove(&record.object_id);
+        match digest_in(segment, record) {
+            Ok(d) if d == record.digest => true,
+            Ok(d) => {
+                error!(
+                    "persist: {} does not match its digest after the restart (expected {:02x?}, \
+                     found {d:02x?}); dropping it",
+                    record.object_id, record.digest
+                );
+                false
+            }
+            Err(e) => {
+                error!(
+                    "persist: cannot read {} to check its digest: {e}; dropping it",
+                    record.object_id
+                );
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(n: u8, offset: u64, size: u64) -> SealRecord {
+        SealRecord {
+            object_id: ObjectId([n; 20]),
+            offset,
+            data_size: size,
+            metadata_size: 0,
+            digest: [n; 8],
+            create_time: 1_700_000_000 + i64::from(n),
+            construct_duration: i32::from(n),
+        }
+    }
+
+    fn log_of(entries: &[[u8; RECORD_LEN]]) -> Vec<u8> {
+        let mut v = header().to_vec();
+        for e in entries {
+            v.extend_from_slice(e);
+        }
+        v
+    }
+
+    #[test]
+    fn records_round_trip_and_any_flipped_bit_is_caught() {
+        let r = rec(7, 128, 1000);
+        let b = r.encode();
+        assert_eq!(decode(&b), Some(Entry::Seal(r)));
+        assert_eq!(
+            decode(&delete_record(r.object_id)),
+            Some(Entry::Delete(r.object_id))
+        );
+        for bit in 0..RECORD_LEN * 8 {
+            let mut c = b;
+            c[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode(&c), None, "bit {bit}");
+        }
+        assert_eq!(decode(&b[..79]), None);
+    }
+
+    #[test]
+    fn replay_applies_deletes_skips_damage_and_drops_a_torn_tail() {
+        let mut damaged = rec(3, 64 * 10, 64).encode();
+        damaged[40] ^= 0xff;
+        let mut log = log_of(&[
+            rec(1, 64, 64).encode(),
+            rec(2, 128, 64).encode(),
+            delete_record(ObjectId([1; 20])),
+            damaged,
+            rec(4, 64 * 20, 64).encode(),
+            rec(5, 1 << 40, 64).encode(), // beyond the segment file
+        ]);
+        log.extend_from_slice(&rec(6, 64 * 30, 64).encode()[..50]);
+        let r = replay(&log, 64 * 100);
+        assert_eq!((r.slots, r.bad, r.torn, r.dropped), (6, 1, 50, 1));
+        let mut ids: Vec<u8> = r.live.keys().map(|id| id.0[0]).collect();
+        ids.sort();
+        assert_eq!(ids, vec![2, 4]);
+    }
+
+    #[test]
+    fn overlaps_keep_the_later_record() {
+        let log = log_of(&[
+            rec(1, 64, 200).encode(),  // 64..320
+            rec(2, 320, 64).encode(),  // 320..384
+            rec(3, 256, 64).encode(),  // overlaps 1: later, wins
+            rec(4, 1024, 64).encode(), // alone
+        ]);
+        let mut r = replay(&log, 1 << 20);
+        let kept: Vec<u8> = resolve_overlaps(&mut r)
+            .iter()
+            .map(|(_, r)| r.object_id.0[0])
+            .collect();
+        assert_eq!(kept, vec![3, 2, 4]);
+        assert_eq!(r.dropped, 1);
+    }
+
+    #[test]
+    fn capacity_needed_is_the_smallest_that_fits() {
+        let usable_for = |c: u64| c + c / 8 + (1 << 20);
+        let c = capacity_needed(1000, 10 << 20, usable_for);
+        let fits = |c| SEGMENT_BASE + Segment::usable_len_for(usable_for(c)).unwrap() >= 10 << 20;
+        assert!(fits(c) && !fits(c - 1), "{c}");
+        assert_eq!(capacity_needed(5000, 128, usable_for), 5000);
+    }
+}
