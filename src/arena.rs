@@ -179,9 +179,9 @@ impl Arena {
         let mut free = Vec::new();
         for &(offset, size) in blocks {
             let block_end = offset.checked_add(block_len(size)).filter(|e| *e <= end);
-            let Some(block_end) = block_end.filter(|_| {
-                offset >= cursor && offset.is_multiple_of(ALIGNMENT)
-            }) else {
+            let Some(block_end) =
+                block_end.filter(|_| offset >= cursor && offset.is_multiple_of(ALIGNMENT))
+            else {
                 return Err(ArenaError::BadBlock { offset, size });
             };
             if offset > cursor {
@@ -464,7 +464,10 @@ mod tests {
         assert_eq!(arena.alloc(150), Some(384));
         assert_eq!(arena.free(128), Ok(100));
         check(&arena);
-        assert_eq!(Arena::with_blocks(64, 640, &[]).map(|a| a.free_bytes()), Ok(640));
+        assert_eq!(
+            Arena::with_blocks(64, 640, &[]).map(|a| a.free_bytes()),
+            Ok(640)
+        );
         for bad in [
             vec![(100, 1)],             // misaligned
             vec![(0, 1)],               // below the base

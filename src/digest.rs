@@ -61,7 +61,11 @@ pub fn object_digest_from(
         let chunk = (data_len / 64 / PARTS as u64) * 64;
         for i in 0..=PARTS as u64 {
             let start = i * chunk;
-            let end = if i == PARTS as u64 { data_len } else { start + chunk };
+            let end = if i == PARTS as u64 {
+                data_len
+            } else {
+                start + chunk
+            };
             let mut part = Xxh64::new(0);
             feed(&mut part, start, end)?;
             outer.update(&part.digest().to_le_bytes());

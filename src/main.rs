@@ -327,7 +327,10 @@ mod tests {
             panic!("parse failed");
         };
         let p = a.store.persist.expect("persist");
-        assert_eq!((p.dir.to_str(), p.verify, p.sync), (Some("/tmp/p"), false, true));
+        assert_eq!(
+            (p.dir.to_str(), p.verify, p.sync),
+            (Some("/tmp/p"), false, true)
+        );
         assert!(parse(&["--persist-verify"]).is_err());
         assert!(parse(&["--persist", "/tmp/p", "-d", "/dev/shm"]).is_err());
         assert!(parse(&["--persist", "/tmp/p", "-h"]).is_err());

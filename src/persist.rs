@@ -429,7 +429,12 @@ pub fn open(
     let log = match std::fs::read(&log_path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", log_path.display()))),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("{}: {e}", log_path.display()),
+            ));
+        }
     };
     if !log.is_empty() && log.get(..RECORD_LEN) != Some(&header()[..]) {
         return Err(invalid(format!(
@@ -457,7 +462,10 @@ pub fn open(
         });
     }
 
-    let bytes: u64 = kept.iter().map(|(_, r)| r.data_size + r.metadata_size).sum();
+    let bytes: u64 = kept
+        .iter()
+        .map(|(_, r)| r.data_size + r.metadata_size)
+        .sum();
     let end = kept
         .last()
         .map_or(SEGMENT_BASE, |(_, r)| r.offset + r.block_len().unwrap_or(0));
@@ -505,7 +513,11 @@ pub fn open(
         objects.len(),
         dir.display(),
         started.elapsed().as_millis(),
-        if config.verify { ", digests verified" } else { "" }
+        if config.verify {
+            ", digests verified"
+        } else {
+            ""
+        }
     );
     let unverified = if config.verify {
         HashSet::new()
@@ -587,8 +599,7 @@ impl Persist {
     /// Whether the log should be compacted now: it has grown past twice the live records
     /// (plus [`COMPACT_SLACK`]), or a write failed.
     pub fn wants_compaction(&self) -> bool {
-        self.slots >= self.retry_at
-            && (self.stale || self.slots > 2 * self.live + COMPACT_SLACK)
+        self.slots >= self.retry_at && (self.stale || self.slots > 2 * self.live + COMPACT_SLACK)
     }
 
     /// Replaces the log with a snapshot of `live` (every object sealed in the segment).

@@ -176,7 +176,9 @@ impl Segment {
     fn check(&self, offset: u64, len: usize) -> io::Result<usize> {
         let end = offset.checked_add(len as u64);
         match end {
-            Some(end) if end <= self.file_size.saturating_sub(CLIENT_MAP_TAIL) => Ok(offset as usize),
+            Some(end) if end <= self.file_size.saturating_sub(CLIENT_MAP_TAIL) => {
+                Ok(offset as usize)
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("range {offset}+{len} outside segment {}", self.id),
@@ -282,7 +284,10 @@ mod tests {
         let path = dir.path().join("segment");
         let mut s = Segment::open_file(3, &path).unwrap();
         assert_eq!(s.usable_len(), 0);
-        assert!(s.write(SEGMENT_BASE, b"x").is_err(), "an empty file has no room");
+        assert!(
+            s.write(SEGMENT_BASE, b"x").is_err(),
+            "an empty file has no room"
+        );
         s.resize(10_000).unwrap();
         assert_eq!(s.usable_len(), Segment::usable_len_for(10_000).unwrap());
         s.write(SEGMENT_BASE + 100, b"kept").unwrap();

@@ -28,7 +28,7 @@ use log::{debug, error, info, warn};
 
 use crate::arena::Arena;
 use crate::external::ExternalStore;
-use crate::persist::{PersistConfig, Persist, SealRecord};
+use crate::persist::{Persist, PersistConfig, SealRecord};
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
@@ -1400,7 +1400,9 @@ impl Store {
     }
 
     fn seal_record(&self, object_id: ObjectId) -> Option<SealRecord> {
-        self.objects.get(&object_id).map(|o| seal_record(object_id, o))
+        self.objects
+            .get(&object_id)
+            .map(|o| seal_record(object_id, o))
     }
 
     /// Records newly sealed objects (before their seal is acknowledged).
