@@ -733,6 +733,36 @@ mod tests {
     }
 
     #[test]
+    fn compaction_keeps_exactly_the_live_records_and_the_lock_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = PersistConfig::new(dir.path());
+        let usable_for = |c: u64| c * 2;
+        let mut o = open(&cfg, 1, 1 << 20, usable_for).unwrap();
+        assert!(o.objects.is_empty());
+        let err = open(&cfg, 1, 1 << 20, usable_for).err().unwrap();
+        assert!(err.to_string().contains("in use by another"), "{err}");
+        let recs: Vec<SealRecord> = (1..=10).map(|n| rec(n, 128 * u64::from(n), 64)).collect();
+        o.persist.record_seals(&recs, &o.segment);
+        for r in &recs[..6] {
+            o.persist.record_delete(r.object_id);
+        }
+        assert_eq!((o.persist.slots, o.persist.live), (16, 4));
+        assert!(!o.persist.wants_compaction());
+        o.persist.compact(recs[6..].iter().copied());
+        assert_eq!((o.persist.slots, o.persist.live), (4, 4));
+        o.persist.record_seals(&[rec(11, 128 * 20, 10)], &o.segment);
+        drop(o);
+        let o = open(&cfg, 1, 1 << 20, usable_for).unwrap();
+        let ids: Vec<u8> = o.objects.iter().map(|r| r.object_id.0[0]).collect();
+        assert_eq!(ids, vec![7, 8, 9, 10, 11]);
+        assert_eq!(o.objects[4], rec(11, 128 * 20, 10));
+        assert!(o.arena.check_invariants().is_ok());
+        assert_eq!(o.arena.allocated_bytes(), 4 * 64 + 10);
+        let log_len = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        assert_eq!(log_len, 6 * RECORD_LEN as u64, "a log of live records only is kept");
+    }
+
+    #[test]
     fn capacity_needed_is_the_smallest_that_fits() {
         let usable_for = |c: u64| c + c / 8 + (1 << 20);
         let c = capacity_needed(1000, 10 << 20, usable_for);
