@@ -27,7 +27,6 @@
 //! aside and renamed over the old one) at start-up when it holds anything else, and while
 //! running once it has grown past twice the live records plus [`COMPACT_SLACK`].
 
-use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -205,8 +204,6 @@ pub struct Persist {
     /// Seal records of objects still in the segment.
     live: u64,
     sync: bool,
-    /// Recovered objects whose digest has not been checked yet.
-    unverified: HashSet<ObjectId>,
     /// A write failed: the log may miss records until the next compaction.
     stale: bool,
     /// No compaction before the log has this many slots (pushed out after a failure).
@@ -225,6 +222,9 @@ pub struct Opened {
     pub persist: Persist,
     /// The recovered sealed objects, in the order they were sealed.
     pub objects: Vec<SealRecord>,
+    /// Whether their digests were checked already (`--persist-verify`); if not, the store
+    /// checks each with [`Persist::verify`] before its first get.
+    pub verified: bool,
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -270,8 +270,10 @@ fn lock(dir: &Path) -> io::Result<Flock<File>> {
 /// What replaying the log found.
 #[derive(Default)]
 struct Replay {
-    /// Live objects: id → (slot of its seal record, the record).
-    live: HashMap<ObjectId, (u64, SealRecord)>,
+    /// Every valid seal record, in log order (its index is its place in that order).
+    seals: Vec<SealRecord>,
+    /// Indices into `seals` of the live objects (sealed and not deleted since), any order.
+    live: Vec<u32>,
     slots: u64,
     /// Records that failed their checksum.
     bad: u64,
@@ -293,13 +295,20 @@ impl Replay {
     }
 }
 
-/// Replays the log's records against a segment file of `segment_size` bytes.
+/// No seal record: the event is a delete.
+const DELETE: u32 = u32::MAX;
+
+/// Replays the log's records against a segment file of `segment_size` bytes. Sorting the
+/// events by id (then by position) instead of replaying them into a hash table keeps this
+/// fast for millions of records and immune to ids chosen to collide.
 fn replay(log: &[u8], segment_size: u64) -> Replay {
     let mut out = Replay::default();
     let body = log.get(RECORD_LEN..).unwrap_or_default();
     let end = segment_size.saturating_sub(CLIENT_MAP_TAIL);
     let chunks = body.chunks_exact(RECORD_LEN);
     out.torn = chunks.remainder().len() as u64;
+    // (id, slot, index into seals or DELETE)
+    let mut events: Vec<(ObjectId, u64, u32)> = Vec::with_capacity(chunks.len());
     for (slot, b) in chunks.enumerate() {
         let slot = slot as u64;
         out.slots += 1;
@@ -310,9 +319,7 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
                     warn!("persist: record {slot} of the log is damaged; skipped");
                 }
             }
-            Some(Entry::Delete(id)) => {
-                out.live.remove(&id);
-            }
+            Some(Entry::Delete(id)) => events.push((id, slot, DELETE)),
             Some(Entry::Seal(r)) => {
                 let fits = r
                     .data_size
@@ -320,37 +327,66 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
                     .and_then(|s| r.offset.checked_add(s))
                     .is_some_and(|e| e <= end)
                     && r.block_len().is_some();
-                if !fits || r.offset < SEGMENT_BASE || !r.offset.is_multiple_of(ALIGNMENT) {
-                    out.drop_object(&r, "its range is not inside the segment file");
-                } else if let Some((_, old)) = out.live.insert(r.object_id, (slot, r)) {
-                    out.drop_object(&old, "sealed again later (a lost delete record)");
+                let index = u32::try_from(out.seals.len()).ok().filter(|i| *i != DELETE);
+                match index {
+                    Some(i)
+                        if fits
+                            && r.offset >= SEGMENT_BASE
+                            && r.offset.is_multiple_of(ALIGNMENT) =>
+                    {
+                        events.push((r.object_id, slot, i));
+                        out.seals.push(r);
+                    }
+                    _ => out.drop_object(&r, "its range is not inside the segment file"),
                 }
             }
         }
     }
+    events.sort_unstable_by_key(|e| (e.0, e.1));
+    let mut live = Vec::with_capacity(out.seals.len());
+    for group in events.chunk_by(|a, b| a.0 == b.0) {
+        let mut current: Option<u32> = None;
+        for &(_, _, event) in group {
+            if event == DELETE {
+                current = None;
+                continue;
+            }
+            if let Some(old) = current.replace(event) {
+                let old = out.seals[old as usize];
+                out.drop_object(&old, "sealed again later (a lost delete record)");
+            }
+        }
+        live.extend(current);
+    }
+    out.live = live;
     out
 }
 
-/// The live objects of a replay without overlaps (the later record wins), by offset.
-fn resolve_overlaps(replay: &mut Replay) -> Vec<(u64, SealRecord)> {
-    let mut all: Vec<(u64, SealRecord)> = replay.live.drain().map(|(_, v)| v).collect();
-    all.sort_unstable_by_key(|(_, r)| r.offset);
-    let mut kept: Vec<(u64, SealRecord)> = Vec::with_capacity(all.len());
-    for (slot, r) in all {
-        if let Some(&(last_slot, last)) = kept.last() {
-            let last_end = last.offset + last.block_len().unwrap_or(0);
-            if r.offset < last_end {
-                if slot > last_slot {
+/// The live objects of a replay without overlaps (the later record wins), as indices into
+/// `replay.seals` in offset order.
+fn resolve_overlaps(replay: &mut Replay) -> Vec<u32> {
+    let mut all = std::mem::take(&mut replay.live);
+    let seals = std::mem::take(&mut replay.seals);
+    all.sort_unstable_by_key(|&i| seals[i as usize].offset);
+    let mut kept: Vec<u32> = Vec::with_capacity(all.len());
+    for i in all {
+        let r = &seals[i as usize];
+        if let Some(&last) = kept.last() {
+            let l = &seals[last as usize];
+            if r.offset < l.offset + l.block_len().unwrap_or(0) {
+                // Indices follow the log's order: the higher one was sealed later.
+                if i > last {
                     kept.pop();
-                    replay.drop_object(&last, "overlaps an object sealed later");
+                    replay.drop_object(l, "overlaps an object sealed later");
                 } else {
-                    replay.drop_object(&r, "overlaps an object sealed later");
+                    replay.drop_object(r, "overlaps an object sealed later");
                     continue;
                 }
             }
         }
-        kept.push((slot, r));
+        kept.push(i);
     }
+    replay.seals = seals;
     kept
 }
 
@@ -447,16 +483,18 @@ pub fn open(
     let fresh = log.is_empty();
     drop(log);
     let mut kept = resolve_overlaps(&mut replay);
+    let seals = std::mem::take(&mut replay.seals);
+    let rec = |i: &u32| &seals[*i as usize];
 
     if config.verify {
-        kept.retain(|(_, r)| match digest_in(&segment, r) {
-            Ok(d) if d == r.digest => true,
+        kept.retain(|i| match digest_in(&segment, rec(i)) {
+            Ok(d) if d == rec(i).digest => true,
             Ok(_) => {
-                replay.drop_object(r, "its bytes do not match its digest");
+                replay.drop_object(rec(i), "its bytes do not match its digest");
                 false
             }
             Err(e) => {
-                replay.drop_object(r, &format!("cannot read it: {e}"));
+                replay.drop_object(rec(i), &format!("cannot read it: {e}"));
                 false
             }
         });
@@ -464,11 +502,11 @@ pub fn open(
 
     let bytes: u64 = kept
         .iter()
-        .map(|(_, r)| r.data_size + r.metadata_size)
+        .map(|i| rec(i).data_size + rec(i).metadata_size)
         .sum();
-    let end = kept
-        .last()
-        .map_or(SEGMENT_BASE, |(_, r)| r.offset + r.block_len().unwrap_or(0));
+    let end = kept.last().map_or(SEGMENT_BASE, |i| {
+        rec(i).offset + rec(i).block_len().unwrap_or(0)
+    });
     let usable = usable_for(capacity);
     let new_end = SEGMENT_BASE.saturating_add(Segment::usable_len_for(usable)?);
     if bytes > capacity || end > new_end {
@@ -484,14 +522,15 @@ pub fn open(
     segment.resize(usable)?;
     let blocks: Vec<(u64, u64)> = kept
         .iter()
-        .map(|(_, r)| (r.offset, r.data_size + r.metadata_size))
+        .map(|i| (rec(i).offset, rec(i).data_size + rec(i).metadata_size))
         .collect();
     let arena = Arena::with_blocks(SEGMENT_BASE, segment.usable_len(), &blocks)
         .map_err(|e| invalid(format!("rebuilding the allocator: {e}")))?;
     drop(blocks);
     // Back in the order they were sealed (the LRU order).
-    kept.sort_unstable_by_key(|(slot, _)| *slot);
-    let objects: Vec<SealRecord> = kept.into_iter().map(|(_, r)| r).collect();
+    kept.sort_unstable();
+    let objects: Vec<SealRecord> = kept.iter().map(|i| *rec(i)).collect();
+    drop(seals);
 
     // A log holding exactly the live objects is kept; anything else is rewritten.
     let whole = !fresh && replay.torn == 0 && replay.slots == objects.len() as u64;
@@ -519,11 +558,6 @@ pub fn open(
             ""
         }
     );
-    let unverified = if config.verify {
-        HashSet::new()
-    } else {
-        objects.iter().map(|r| r.object_id).collect()
-    };
     Ok(Opened {
         segment,
         arena,
@@ -533,13 +567,13 @@ pub fn open(
             slots,
             live: objects.len() as u64,
             sync: config.sync,
-            unverified,
             stale: false,
             retry_at: 0,
             scratch: Vec::new(),
             _lock: lock,
         },
         objects,
+        verified: config.verify,
     })
 }
 
@@ -567,7 +601,6 @@ impl Persist {
 
     /// Records that an object left the segment (deleted, evicted or dropped).
     pub fn record_delete(&mut self, object_id: ObjectId) {
-        self.unverified.remove(&object_id);
         self.append(&delete_record(object_id), 1);
         self.live = self.live.saturating_sub(1);
     }
@@ -624,15 +657,9 @@ impl Persist {
         }
     }
 
-    /// Whether the object was recovered and its digest is still to be checked.
-    pub fn is_unverified(&self, object_id: &ObjectId) -> bool {
-        !self.unverified.is_empty() && self.unverified.contains(object_id)
-    }
-
-    /// Checks a recovered object's bytes against its digest (once). `false`: they do not
-    /// match (or cannot be read), and the caller drops the object.
-    pub fn verify(&mut self, record: &SealRecord, segment: &Segment) -> bool {
-        self.unverified.remove(&record.object_id);
+    /// Checks a recovered object's bytes against its digest. `false`: they do not match (or
+    /// cannot be read), and the caller drops the object.
+    pub fn verify(&self, record: &SealRecord, segment: &Segment) -> bool {
         match digest_in(segment, record) {
             Ok(d) if d == record.digest => true,
             Ok(d) => {
@@ -706,11 +733,18 @@ mod tests {
             damaged,
             rec(4, 64 * 20, 64).encode(),
             rec(5, 1 << 40, 64).encode(), // beyond the segment file
+            rec(2, 64 * 40, 64).encode(), // sealed again without a delete: replaces the first
         ]);
         log.extend_from_slice(&rec(6, 64 * 30, 64).encode()[..50]);
         let r = replay(&log, 64 * 100);
-        assert_eq!((r.slots, r.bad, r.torn, r.dropped), (6, 1, 50, 1));
-        let mut ids: Vec<u8> = r.live.keys().map(|id| id.0[0]).collect();
+        assert_eq!((r.slots, r.bad, r.torn, r.dropped), (7, 1, 50, 2));
+        let offsets: Vec<u64> = r.live.iter().map(|&i| r.seals[i as usize].offset).collect();
+        assert!(offsets.contains(&(64 * 40)) && !offsets.contains(&128));
+        let mut ids: Vec<u8> = r
+            .live
+            .iter()
+            .map(|&i| r.seals[i as usize].object_id.0[0])
+            .collect();
         ids.sort();
         assert_eq!(ids, vec![2, 4]);
     }
@@ -726,7 +760,7 @@ mod tests {
         let mut r = replay(&log, 1 << 20);
         let kept: Vec<u8> = resolve_overlaps(&mut r)
             .iter()
-            .map(|(_, r)| r.object_id.0[0])
+            .map(|&i| r.seals[i as usize].object_id.0[0])
             .collect();
         assert_eq!(kept, vec![3, 2, 4]);
         assert_eq!(r.dropped, 1);
@@ -759,7 +793,11 @@ mod tests {
         assert!(o.arena.check_invariants().is_ok());
         assert_eq!(o.arena.allocated_bytes(), 4 * 64 + 10);
         let log_len = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
-        assert_eq!(log_len, 6 * RECORD_LEN as u64, "a log of live records only is kept");
+        assert_eq!(
+            log_len,
+            6 * RECORD_LEN as u64,
+            "a log of live records only is kept"
+        );
     }
 
     #[test]

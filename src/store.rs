@@ -117,6 +117,9 @@ struct Object {
     owner: Option<u32>,
     /// Position in its LRU list (the owner's, or the global one).
     lru_seq: Option<u64>,
+    /// Recovered by `--persist` after a restart, its digest not checked yet (checked on the
+    /// first get).
+    unverified: bool,
 }
 
 impl Object {
@@ -341,11 +344,16 @@ impl Store {
                 let segment =
                     Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
                 let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
-                (segment, arena, None, Vec::new())
+                (segment, arena, None, None)
             }
             Some(p) => {
                 let o = crate::persist::open(p, SEGMENT_ID, config.capacity, segment_len)?;
-                (o.segment, o.arena, Some(o.persist), o.objects)
+                (
+                    o.segment,
+                    o.arena,
+                    Some(o.persist),
+                    Some((o.objects, o.verified)),
+                )
             }
         };
         let mut store = Store {
@@ -367,8 +375,8 @@ impl Store {
             owned_pinned: 0,
             persist,
         };
-        for r in recovered {
-            store.adopt(r);
+        if let Some((objects, verified)) = recovered {
+            store.adopt(objects, verified);
         }
         Ok(store)
     }
@@ -694,6 +702,7 @@ impl Store {
                 ref_count: 0,
                 owner,
                 lru_seq: None,
+                unverified: false,
             },
         );
         if owner.is_some() {
@@ -1379,11 +1388,15 @@ impl Store {
 
 /// `--persist` hooks: recording seals and deletes, adopting recovered objects, checking them.
 impl Store {
-    /// Enters an object recovered from the persist log: sealed, unreferenced, evictable.
-    fn adopt(&mut self, r: SealRecord) {
-        self.objects.insert(
-            r.object_id,
-            Object {
+    /// Enters the objects recovered from the persist log into the empty store: sealed,
+    /// unreferenced, in the global LRU list in the order they were sealed. `persist::open`
+    /// gives distinct ids.
+    fn adopt(&mut self, records: Vec<SealRecord>, verified: bool) {
+        self.objects.index.reserve(records.len());
+        self.objects.slab.reserve(records.len());
+        let mut order = Vec::with_capacity(records.len());
+        for r in records {
+            let object = Object {
                 state: State::Sealed,
                 offset: r.offset,
                 data_size: r.data_size,
@@ -1393,10 +1406,22 @@ impl Store {
                 digest: Some(r.digest),
                 ref_count: 0,
                 owner: None,
-                lru_seq: None,
-            },
-        );
-        self.lru_insert(r.object_id);
+                lru_seq: Some(self.next_lru),
+                unverified: !verified,
+            };
+            let Some(index) = u32::try_from(self.objects.slab.vacant_key())
+                .ok()
+                .filter(|_| !self.objects.contains_key(&r.object_id))
+            else {
+                continue;
+            };
+            self.lru.bytes += object.size();
+            self.objects.insert(r.object_id, object);
+            order.push((self.next_lru, index));
+            self.next_lru += 1;
+        }
+        // Sorted: built in bulk.
+        self.lru.order = order.into_iter().collect();
     }
 
     fn seal_record(&self, object_id: ObjectId) -> Option<SealRecord> {
@@ -1442,17 +1467,12 @@ impl Store {
     /// For a sealed object: `false` if it was recovered after a restart and its bytes do not
     /// match its digest, in which case it is dropped. Checked once per recovered object.
     fn recovered_intact(&mut self, object_id: ObjectId, out: &mut impl Sink) -> bool {
-        if !self
-            .persist
-            .as_ref()
-            .is_some_and(|p| p.is_unverified(&object_id))
-        {
+        let Some(o) = self.objects.get_mut(&object_id).filter(|o| o.unverified) else {
             return true;
-        }
-        let Some(record) = self.seal_record(object_id) else {
-            return false;
         };
-        let intact = match self.persist.as_mut() {
+        o.unverified = false;
+        let record = seal_record(object_id, o);
+        let intact = match self.persist.as_ref() {
             Some(p) => p.verify(&record, &self.segment),
             None => true,
         };
