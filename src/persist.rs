@@ -34,6 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use log::{error, info, warn};
+use memmap2::{MmapOptions, MmapRaw};
 use nix::fcntl::{Flock, FlockArg};
 use xxhash_rust::xxh64::xxh64;
 
@@ -59,6 +60,8 @@ const KIND_SEAL: u8 = 1;
 const KIND_DELETE: u8 = 2;
 /// Seed of the records' checksums (xxh64 of the first 72 bytes).
 const SEED: u64 = 0x706c_6173_6d61_6c67;
+/// The log is extended (and allocated) by at least this many record slots at a time.
+const GROW_SLOTS: u64 = 16_384;
 /// Dropped records logged one by one before only a summary is.
 const LOG_DROPS: u64 = 10;
 
@@ -197,8 +200,12 @@ fn header() -> [u8; RECORD_LEN] {
 #[derive(Debug)]
 pub struct Persist {
     dir: PathBuf,
-    /// The log, written at explicit offsets.
+    /// The log.
     log: File,
+    /// The log mapped (its whole length, allocated ahead): appends are plain copies.
+    map: Option<MmapRaw>,
+    /// Mapping or extending the log failed: appends use `pwrite` until the next compaction.
+    map_failed: bool,
     /// Record slots in the log (every record written, live or not, and failed writes).
     slots: u64,
     /// Seal records of objects still in the segment.
@@ -274,7 +281,11 @@ struct Replay {
     seals: Vec<SealRecord>,
     /// Indices into `seals` of the live objects (sealed and not deleted since), any order.
     live: Vec<u32>,
+    /// Slots up to the last one written (the log's file may be allocated further ahead, with
+    /// zeros).
     slots: u64,
+    /// All-zero slots before the last written one (a write that never happened).
+    holes: u64,
     /// Records that failed their checksum.
     bad: u64,
     /// Bytes at the end that are not a whole record.
@@ -306,12 +317,21 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
     let body = log.get(RECORD_LEN..).unwrap_or_default();
     let end = segment_size.saturating_sub(CLIENT_MAP_TAIL);
     let chunks = body.chunks_exact(RECORD_LEN);
-    out.torn = chunks.remainder().len() as u64;
+    if chunks.remainder().iter().any(|b| *b != 0) {
+        out.torn = chunks.remainder().len() as u64;
+    }
+    let mut zeros = 0;
     // (id, slot, index into seals or DELETE)
     let mut events: Vec<(ObjectId, u64, u32)> = Vec::with_capacity(chunks.len());
     for (slot, b) in chunks.enumerate() {
         let slot = slot as u64;
-        out.slots += 1;
+        if b.iter().all(|x| *x == 0) {
+            zeros += 1;
+            continue;
+        }
+        out.holes += zeros;
+        zeros = 0;
+        out.slots = slot + 1;
         match decode(b) {
             None => {
                 out.bad += 1;
@@ -388,6 +408,29 @@ fn resolve_overlaps(replay: &mut Replay) -> Vec<u32> {
     }
     replay.seals = seals;
     kept
+}
+
+/// Copies `bytes` into the mapped log at `at`, bounds-checked.
+fn write_mapped(map: &MmapRaw, at: u64, bytes: &[u8]) -> io::Result<()> {
+    let start = usize::try_from(at).map_err(|_| invalid("log offset too large".to_string()))?;
+    if start
+        .checked_add(bytes.len())
+        .is_none_or(|end| end > map.len())
+    {
+        return Err(invalid(format!(
+            "log write {at}+{} past the mapping",
+            bytes.len()
+        )));
+    }
+    // SAFETY: the range was checked to lie inside the mapping, which lives as long as `map`.
+    // The mapping is of the store's own log file in its locked directory (no client ever gets
+    // its fd), and its whole length was allocated by `fallocate` before it was mapped, so the
+    // copy cannot fault for want of space. No reference into the mapping is formed: the bytes
+    // are copied raw from our own buffer, which cannot overlap it.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), map.as_mut_ptr().add(start), bytes.len());
+    }
+    Ok(())
 }
 
 /// Computes an object's digest from the segment's bytes.
@@ -533,7 +576,8 @@ pub fn open(
     drop(seals);
 
     // A log holding exactly the live objects is kept; anything else is rewritten.
-    let whole = !fresh && replay.torn == 0 && replay.slots == objects.len() as u64;
+    let whole =
+        !fresh && replay.torn == 0 && replay.holes == 0 && replay.slots == objects.len() as u64;
     let (log, slots) = if whole {
         let f = OpenOptions::new().read(true).write(true).open(&log_path)?;
         (f, replay.slots)
@@ -564,6 +608,8 @@ pub fn open(
         persist: Persist {
             dir: dir.clone(),
             log,
+            map: None,
+            map_failed: false,
             slots,
             live: objects.len() as u64,
             sync: config.sync,
@@ -610,13 +656,31 @@ impl Persist {
         // The slots count even if the write fails, so later records stay aligned and a
         // partial write is one damaged record.
         self.slots += records;
-        let written = self.log.write_all_at(bytes, at).and_then(|()| {
-            if self.sync {
-                self.log.sync_data()
-            } else {
-                Ok(())
-            }
-        });
+        let end = at + bytes.len() as u64;
+        if self.map.as_ref().is_none_or(|m| (m.len() as u64) < end)
+            && !self.map_failed
+            && let Err(e) = self.extend(end)
+        {
+            warn!("persist: cannot extend and map the log ({e}); writing it with pwrite");
+            self.map = None;
+            self.map_failed = true;
+        }
+        let written = match &self.map {
+            Some(m) => write_mapped(m, at, bytes).and_then(|()| {
+                if self.sync {
+                    m.flush_range(at as usize, bytes.len())
+                } else {
+                    Ok(())
+                }
+            }),
+            None => self.log.write_all_at(bytes, at).and_then(|()| {
+                if self.sync {
+                    self.log.sync_data()
+                } else {
+                    Ok(())
+                }
+            }),
+        };
         if let Err(e) = written {
             if !self.stale {
                 error!(
@@ -627,6 +691,30 @@ impl Persist {
             }
             self.stale = true;
         }
+    }
+
+    /// Makes the log file at least `end` bytes long, allocated (so that writing through the
+    /// mapping can never fault for want of space: a full disk or tmpfs is an error here, not
+    /// a SIGBUS later), and maps it.
+    fn extend(&mut self, end: u64) -> io::Result<()> {
+        let len = self.log.metadata()?.len();
+        if len < end {
+            let slots = (end.div_ceil(RECORD_LEN as u64))
+                .max(len / RECORD_LEN as u64 / 8)
+                .next_multiple_of(GROW_SLOTS);
+            let new_len = slots * RECORD_LEN as u64;
+            let to_off =
+                |v: u64| i64::try_from(v).map_err(|_| invalid("log too large".to_string()));
+            nix::fcntl::fallocate(
+                &self.log,
+                nix::fcntl::FallocateFlags::empty(),
+                to_off(len)?,
+                to_off(new_len - len)?,
+            )?;
+        }
+        self.map = None;
+        self.map = Some(MmapOptions::new().map_raw(&self.log)?);
+        Ok(())
     }
 
     /// Whether the log should be compacted now: it has grown past twice the live records
@@ -642,6 +730,8 @@ impl Persist {
         match write_snapshot(&self.dir, live, self.sync) {
             Ok((log, n)) => {
                 self.log = log;
+                self.map = None;
+                self.map_failed = false;
                 self.slots = n;
                 self.live = n;
                 self.stale = false;
@@ -792,12 +882,39 @@ mod tests {
         assert_eq!(o.objects[4], rec(11, 128 * 20, 10));
         assert!(o.arena.check_invariants().is_ok());
         assert_eq!(o.arena.allocated_bytes(), 4 * 64 + 10);
-        let log_len = std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().len();
+        // The log held exactly the live records: kept as it is, allocated ahead, not rewritten.
+        let log = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(log.len() as u64, GROW_SLOTS * RECORD_LEN as u64);
+        let r = replay(&log, o.segment.mmap_size());
+        assert_eq!((r.slots, r.holes, r.bad, r.torn), (5, 0, 0, 0));
+        drop(o);
+        // A hole (a slot never written) makes the next start-up rewrite the log.
+        let mut log = log;
+        log[RECORD_LEN * 2..RECORD_LEN * 3].fill(0);
+        std::fs::write(dir.path().join(LOG_FILE), &log).unwrap();
+        let o = open(&cfg, 1, 1 << 20, usable_for).unwrap();
+        assert_eq!(o.objects.len(), 4);
+        let log = std::fs::read(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(
-            log_len,
-            6 * RECORD_LEN as u64,
-            "a log of live records only is kept"
+            log.len(),
+            5 * RECORD_LEN,
+            "rewritten: the header and four records"
         );
+    }
+
+    #[test]
+    fn without_a_mapping_appends_fall_back_to_pwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = PersistConfig::new(dir.path());
+        let mut o = open(&cfg, 1, 1 << 20, |c| c * 2).unwrap();
+        o.persist.map_failed = true;
+        o.persist
+            .record_seals(&[rec(1, 128, 10), rec(2, 256, 10)], &o.segment);
+        o.persist.record_delete(ObjectId([1; 20]));
+        assert!(o.persist.map.is_none() && !o.persist.stale);
+        drop(o);
+        let o = open(&cfg, 1, 1 << 20, |c| c * 2).unwrap();
+        assert_eq!(o.objects, vec![rec(2, 256, 10)]);
     }
 
     #[test]
