@@ -476,7 +476,8 @@ fn write_snapshot(
 /// The smallest `-m` whose segment holds `bytes` of objects ending at offset `end`.
 fn capacity_needed(bytes: u64, end: u64, usable_for: impl Fn(u64) -> u64) -> u64 {
     let fits = |c: u64| {
-        Segment::usable_len_for(usable_for(c)).is_ok_and(|u| SEGMENT_BASE.saturating_add(u) >= end)
+        Segment::usable_len_for(usable_for(c))
+            .is_ok_and(|u| SEGMENT_BASE.saturating_add(u / ALIGNMENT * ALIGNMENT) >= end)
     };
     let (mut lo, mut hi) = (bytes.max(1), bytes.max(end).max(1));
     while !fits(hi) && hi < u64::MAX / 2 {
@@ -501,8 +502,14 @@ pub fn open(
 ) -> io::Result<Opened> {
     let started = Instant::now();
     let dir = &config.dir;
-    std::fs::create_dir_all(dir)
-        .map_err(|e| io::Error::new(e.kind(), format!("--persist {}: {e}", dir.display())))?;
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+    }
+    .map_err(|e| io::Error::new(e.kind(), format!("--persist {}: {e}", dir.display())))?;
     let lock = lock(dir)?;
     let log_path = dir.join(LOG_FILE);
     let log = match std::fs::read(&log_path) {
@@ -551,7 +558,9 @@ pub fn open(
         rec(i).offset + rec(i).block_len().unwrap_or(0)
     });
     let usable = usable_for(capacity);
-    let new_end = SEGMENT_BASE.saturating_add(Segment::usable_len_for(usable)?);
+    // The arena manages whole 64-byte units of the usable area.
+    let new_end =
+        SEGMENT_BASE.saturating_add(Segment::usable_len_for(usable)? / ALIGNMENT * ALIGNMENT);
     if bytes > capacity || end > new_end {
         return Err(invalid(format!(
             "{} holds {} objects of {bytes} bytes in all, the last ending at offset {end}: they do \
@@ -921,7 +930,9 @@ mod tests {
     fn capacity_needed_is_the_smallest_that_fits() {
         let usable_for = |c: u64| c + c / 8 + (1 << 20);
         let c = capacity_needed(1000, 10 << 20, usable_for);
-        let fits = |c| SEGMENT_BASE + Segment::usable_len_for(usable_for(c)).unwrap() >= 10 << 20;
+        let fits = |c| {
+            SEGMENT_BASE + Segment::usable_len_for(usable_for(c)).unwrap() / 64 * 64 >= 10 << 20
+        };
         assert!(fits(c) && !fits(c - 1), "{c}");
         assert_eq!(capacity_needed(5000, 128, usable_for), 5000);
     }
