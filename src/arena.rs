@@ -965,6 +965,14 @@ mod tests {
                 }
             }
             check_against_model(&arena, &live)?;
+            // An arena rebuilt from the live blocks (as after a restart) is the same arena.
+            let mut sorted = live.clone();
+            sorted.sort_unstable();
+            let rebuilt = Arena::with_blocks(base, len, &sorted);
+            prop_assert!(rebuilt.is_ok(), "{:?}", rebuilt.err());
+            if let Ok(rebuilt) = rebuilt {
+                check_against_model(&rebuilt, &live)?;
+            }
         }
 
         for index in drain.iter().cycle() {
