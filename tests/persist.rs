@@ -435,12 +435,13 @@ fn another_capacity_adapts_when_the_objects_fit_and_is_refused_when_not() {
     store.stop();
 }
 
-/// The directory is created if missing, and nothing else lands in it.
+/// The directory is created if missing, and nothing else lands in it; `--persist-sync` works
+/// the same (it only adds syncs).
 #[test]
 fn the_directory_holds_the_segment_the_log_and_the_lock() {
     let root = tempfile::tempdir().expect("temp dir");
     let dir: PathBuf = root.path().join("a/b");
-    let store = start(&dir, MEM, &[]);
+    let store = start(&dir, MEM, &["--persist-sync"]);
     store
         .client()
         .create_and_seal(oid(1), b"x", b"")
@@ -451,5 +452,36 @@ fn the_directory_holds_the_segment_the_log_and_the_lock() {
         .collect();
     names.sort();
     assert_eq!(names, ["lock", "objects.log", "segment"]);
+    store.kill();
+    let store = start(&dir, MEM, &["--persist-sync"]);
+    assert_eq!(listed(&store), [oid(1)].into());
+    store.stop();
+}
+
+#[test]
+fn the_log_is_compacted_while_the_store_runs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("objects.log");
+    let store = start(dir.path(), MEM, &[]);
+    let c = store.client();
+    // 40 batches of 1000 objects, each deleted again but the last 10: 80,000 records for 10
+    // live objects, past the compaction threshold (twice the live records + 65,536).
+    for b in 0..40u32 {
+        let ids: Vec<ObjectId> = (0..1000).map(|i| oid(b * 1000 + i)).collect();
+        let objects: Vec<(ObjectId, &[u8], &[u8])> = ids
+            .iter()
+            .map(|id| (*id, &b"payload"[..], &b""[..]))
+            .collect();
+        c.create_and_seal_batch(&objects).expect("batch");
+        let keep = if b == 39 { 10 } else { 0 };
+        c.delete(&ids[keep..]).expect("delete");
+    }
+    assert!(store.log().contains("compacted the log"), "{}", store.log());
+    assert!(records_in(&log) < 65_536, "{} records", records_in(&log));
+    drop(c);
+    store.kill();
+    let store = start(dir.path(), MEM, &[]);
+    let expect: HashSet<ObjectId> = (0..10).map(|i| oid(39_000 + i)).collect();
+    assert_eq!(listed(&store), expect);
     store.stop();
 }
