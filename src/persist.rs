@@ -322,7 +322,22 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
     }
     let mut zeros = 0;
     // (id, slot, index into seals or DELETE)
-    let mut events: Vec<(ObjectId, u64, u32)> = Vec::with_capacity(chunks.len());
+    // (the id as integers, slot, index into seals or DELETE): integer keys sort fast.
+    let key = |id: &ObjectId| {
+        let b = &id.0;
+        let mut hi = [0u8; 8];
+        let mut mid = [0u8; 8];
+        let mut lo = [0u8; 4];
+        hi.copy_from_slice(&b[..8]);
+        mid.copy_from_slice(&b[8..16]);
+        lo.copy_from_slice(&b[16..]);
+        (
+            u64::from_be_bytes(hi),
+            u64::from_be_bytes(mid),
+            u32::from_be_bytes(lo),
+        )
+    };
+    let mut events: Vec<((u64, u64, u32), u64, u32)> = Vec::with_capacity(chunks.len());
     for (slot, b) in chunks.enumerate() {
         let slot = slot as u64;
         if b.iter().all(|x| *x == 0) {
@@ -339,7 +354,7 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
                     warn!("persist: record {slot} of the log is damaged; skipped");
                 }
             }
-            Some(Entry::Delete(id)) => events.push((id, slot, DELETE)),
+            Some(Entry::Delete(id)) => events.push((key(&id), slot, DELETE)),
             Some(Entry::Seal(r)) => {
                 let fits = r
                     .data_size
@@ -354,7 +369,7 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
                             && r.offset >= SEGMENT_BASE
                             && r.offset.is_multiple_of(ALIGNMENT) =>
                     {
-                        events.push((r.object_id, slot, i));
+                        events.push((key(&r.object_id), slot, i));
                         out.seals.push(r);
                     }
                     _ => out.drop_object(&r, "its range is not inside the segment file"),

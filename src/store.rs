@@ -1409,16 +1409,26 @@ impl Store {
                 lru_seq: Some(self.next_lru),
                 unverified: !verified,
             };
-            let Some(index) = u32::try_from(self.objects.slab.vacant_key())
-                .ok()
-                .filter(|_| !self.objects.contains_key(&r.object_id))
-            else {
+            let size = object.size();
+            // One hash lookup per object: this runs a million times for a million objects.
+            let Entry::Vacant(slot) = self.objects.index.entry(r.object_id) else {
                 continue;
             };
-            self.lru.bytes += object.size();
-            self.objects.insert(r.object_id, object);
-            order.push((self.next_lru, index));
-            self.next_lru += 1;
+            let index = self.objects.slab.insert((r.object_id, object));
+            slot.insert(index);
+            match u32::try_from(index) {
+                Ok(index) => {
+                    self.lru.bytes += size;
+                    order.push((self.next_lru, index));
+                    self.next_lru += 1;
+                }
+                // Beyond what an LRU list can name (as lru_insert): never evicted.
+                Err(_) => {
+                    if let Some((_, o)) = self.objects.slab.get_mut(index) {
+                        o.lru_seq = None;
+                    }
+                }
+            }
         }
         // Sorted: built in bulk.
         self.lru.order = order.into_iter().collect();
