@@ -5,12 +5,16 @@
 //!   tmpfs (`/dev/shm`) it outlives the process; on a disk it is backed by the page cache and
 //!   also outlives a reboot (see `--persist-sync`).
 //! - `objects.log`: what the segment holds. An 80-byte header, then fixed-size 80-byte
-//!   records, each with its own checksum: a *seal* record (id, offset, sizes, digest, times)
+//!   records (zeros where not written yet), each with its own checksum: a *seal* record (id, offset, sizes, digest, times)
 //!   when an object becomes sealed in the segment, a *delete* record when it leaves it
-//!   (deleted, evicted, dropped). Appended with one `pwrite` per acknowledged seal (or batch)
-//!   before the reply is queued, so every acknowledged object is in the file's page cache,
-//!   which survives SIGKILL and crashes of the process (not a power loss: that takes
-//!   `--persist-sync`, which writes the segment and the record to storage first).
+//!   (deleted, evicted, dropped). Appended before the seal's reply is queued, by a plain copy
+//!   into a shared mapping of the log (no system call on the hot path): the bytes are in the
+//!   file's page cache at once, which survives SIGKILL and crashes of the process (not a power
+//!   loss: that takes `--persist-sync`, which writes the segment and the record to storage
+//!   first). The log is extended ahead in steps and the new range allocated (`fallocate`)
+//!   before it is mapped, so a full file system is an error at that point, never a SIGBUS;
+//!   if extending or mapping fails, appends fall back to `pwrite`. Slots never written are
+//!   zeros, which replay skips.
 //! - `lock`: `flock`ed for the store's lifetime, holding its pid, so that two stores never use
 //!   one directory.
 //!
