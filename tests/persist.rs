@@ -485,3 +485,39 @@ fn the_log_is_compacted_while_the_store_runs() {
     assert_eq!(listed(&store), expect);
     store.stop();
 }
+
+#[test]
+fn recovered_objects_are_evicted_oldest_first_and_counted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = start(dir.path(), 10_000, &[]);
+    let c = store.client();
+    for n in 0..9 {
+        c.create_and_seal(oid(n), &pattern(n as u8, 1000), b"")
+            .expect("create");
+    }
+    drop(c);
+    store.kill();
+
+    let store = start(dir.path(), 10_000, &[]);
+    let c = store.client();
+    let report = c.debug_string().expect("debug string");
+    assert!(report.contains("allocated bytes: 9000\n"), "{report}");
+    // 9000 of 10000 used: 2500 more evicts from the old end (at least a fifth of the
+    // capacity, as always): objects 0 and 1, in the order they were sealed.
+    c.create_and_seal(oid(100), &pattern(1, 2500), b"")
+        .expect("create");
+    let have = listed(&store);
+    assert!(
+        !have.contains(&oid(0)) && !have.contains(&oid(1)),
+        "{have:?}"
+    );
+    for n in 2..9 {
+        assert!(have.contains(&oid(n)), "{n} evicted out of order");
+    }
+    drop(c);
+    store.kill();
+    // The evictions were recorded.
+    let store = start(dir.path(), 10_000, &[]);
+    assert_eq!(listed(&store), have);
+    store.stop();
+}
