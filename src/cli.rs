@@ -14,6 +14,7 @@ use std::process::ExitCode;
 use log::{error, info, warn};
 use sd_notify::NotifyState;
 
+use crate::persist::PersistConfig;
 use crate::server::{Server, ServerConfig};
 use crate::store::StoreConfig;
 
@@ -35,6 +36,14 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
                file:///DIR    spill to files in DIR (see the README: the spill tier)
                hashtable://X  keep them in the store's own memory (the original's test store)
   --spill-limit BYTES  most bytes the file:// spill tier may write (default: no limit)
+  --persist DIR  keep the shared memory (DIR/segment) and a record of the sealed objects in
+               DIR, so that a store restarted with the same DIR has every object whose seal
+               was acknowledged, however the last one stopped (see the README: restarts that
+               lose nothing). Not with -d or -h
+  --persist-verify  check every recovered object's digest before serving (default: on its
+               first get); objects whose bytes do not match are dropped
+  --persist-sync  write the segment and each record to storage before acknowledging a seal:
+               survives power loss when DIR is on a disk (slow: two fdatasyncs per seal)
   --no-prefault  leave shared memory to be allocated on first touch (by default the store
                makes it resident in the background, while idle, after start-up)
 
@@ -145,6 +154,8 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
         StoreConfig::new(DEFAULT_MEMORY),
     );
     let mut it = argv.into_iter();
+    // --persist-verify and --persist-sync, applied once --persist is known.
+    let mut persist_flags = (false, false);
     while let Some(arg) = it.next() {
         if !arg.starts_with('-') || arg == "-" {
             // The original ignores positional arguments; saying so is kinder.
@@ -184,6 +195,9 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             }
             "noh" | "nohugepages" => c.store.segment.huge_pages = false,
             "no-prefault" => c.prefault = false,
+            "persist" => c.store.persist = Some(PersistConfig::new(value("a directory")?)),
+            "persist-verify" => persist_flags.0 = true,
+            "persist-sync" => persist_flags.1 = true,
             "socket-mode" => {
                 let v = value("an octal mode")?;
                 c.socket_mode = u32::from_str_radix(v.trim_start_matches("0o"), 8)
@@ -226,6 +240,21 @@ fn parse_args(argv: impl IntoIterator<Item = String>) -> Result<Parsed, String> 
             _ => return Err(format!("unknown flag {arg:?}")),
         }
     }
+    match c.store.persist.as_mut() {
+        Some(p) => (p.verify, p.sync) = persist_flags,
+        None if persist_flags != (false, false) => {
+            return Err("--persist-verify and --persist-sync need --persist DIR".into());
+        }
+        None => {}
+    }
+    if c.store.persist.is_some()
+        && (c.store.segment.directory.is_some() || c.store.segment.huge_pages)
+    {
+        return Err(
+            "--persist DIR keeps the shared memory in DIR: it cannot be combined with -d or -h"
+                .into(),
+        );
+    }
     let len = c.socket.as_os_str().len();
     if len == 0 || len > 107 {
         return Err(format!(
@@ -258,9 +287,10 @@ pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
 
     let (socket, capacity) = (config.socket.clone(), config.store.capacity);
-    let memory = match &config.store.segment.directory {
-        None => "an anonymous memfd".to_string(),
-        Some(d) => d.display().to_string(),
+    let memory = match (&config.store.segment.directory, &config.store.persist) {
+        (_, Some(p)) => format!("{} (persistent)", p.dir.join("segment").display()),
+        (None, None) => "an anonymous memfd".to_string(),
+        (Some(d), None) => d.display().to_string(),
     };
     let huge = if config.store.segment.huge_pages {
         ", huge pages"
@@ -359,5 +389,20 @@ mod tests {
         };
         assert_eq!(a.metrics_listen, Some(([0, 0, 0, 0], 1).into()));
         assert!(parse(&["--metrics-listen", "x:y"]).is_err());
+    }
+
+    #[test]
+    fn persist_flags() {
+        let Ok(Parsed::Run(a)) = parse(&["--persist-sync", "--persist", "/tmp/p"]) else {
+            panic!("parse failed");
+        };
+        let p = a.store.persist.expect("persist");
+        assert_eq!(
+            (p.dir.to_str(), p.verify, p.sync),
+            (Some("/tmp/p"), false, true)
+        );
+        assert!(parse(&["--persist-verify"]).is_err());
+        assert!(parse(&["--persist", "/tmp/p", "-d", "/dev/shm"]).is_err());
+        assert!(parse(&["--persist", "/tmp/p", "-h"]).is_err());
     }
 }

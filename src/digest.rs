@@ -141,6 +141,49 @@ fn copy_parts_threaded(
     }
 }
 
+/// Computes the same digest as [`object_digest`] for an object that is not in memory:
+/// `read(offset, buf)` fills `buf` with the bytes at `offset` of data-then-metadata. Reads in
+/// pieces of at most 1 MiB, so verifying a large object needs no buffer of its size.
+pub fn object_digest_from(
+    data_len: u64,
+    metadata_len: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<Digest> {
+    const PIECE: u64 = 1 << 20;
+    let mut buf = vec![0u8; PIECE as usize];
+    let mut feed = |h: &mut Xxh64, start: u64, end: u64| -> std::io::Result<()> {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(PIECE) as usize;
+            let piece = &mut buf[..n];
+            read(at, piece)?;
+            h.update(piece);
+            at += n as u64;
+        }
+        Ok(())
+    };
+    let mut outer = Xxh64::new(0);
+    if data_len < PARALLEL_THRESHOLD as u64 {
+        feed(&mut outer, 0, data_len)?;
+    } else {
+        let chunk = (data_len / 64 / PARTS as u64) * 64;
+        for i in 0..=PARTS as u64 {
+            let start = i * chunk;
+            let end = if i == PARTS as u64 {
+                data_len
+            } else {
+                start + chunk
+            };
+            let mut part = Xxh64::new(0);
+            feed(&mut part, start, end)?;
+            outer.update(&part.digest().to_le_bytes());
+        }
+    }
+    let total = data_len.saturating_add(metadata_len);
+    feed(&mut outer, data_len, total)?;
+    Ok(outer.digest().to_le_bytes())
+}
+
 /// Hashes parts `first..first + out.len()` of `data` (part `PARTS` is the tail) into `out`.
 fn hash_parts(data: &[u8], chunk: usize, first: usize, out: &mut [u64]) {
     for (k, slot) in out.iter_mut().enumerate() {
@@ -208,6 +251,20 @@ mod tests {
             h.digest().to_le_bytes()
         };
         assert_ne!(object_digest(&data, b"m"), whole);
+    }
+
+    #[test]
+    fn streamed_digest_matches_the_in_memory_one() {
+        for len in [0usize, 5, (1 << 20) - 1, 1 << 20, (3 << 20) + 77] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 29 % 253) as u8).collect();
+            let all: Vec<u8> = data.iter().chain(b"metadata").copied().collect();
+            let streamed = object_digest_from(len as u64, 8, |at, buf| {
+                buf.copy_from_slice(&all[at as usize..at as usize + buf.len()]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(streamed, object_digest(&data, b"metadata"), "{len}");
+        }
     }
 
     #[test]

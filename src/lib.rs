@@ -10,6 +10,7 @@
 //! - [`external`]: external stores for evicted objects (`hashtable://`, the `file://` spill tier).
 //! - [`arena`]: the offset allocator over the shared segment (no unsafe code).
 //! - [`shm`]: the shared-memory segment.
+//! - [`persist`]: `--persist DIR`, restarts that keep the sealed objects.
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
 //! - [`metrics`], [`http`]: the Prometheus page (`--metrics-listen`), served by the loop.
 //! - [`digest`]: the object digest the original client computes.
@@ -23,6 +24,7 @@ pub mod external;
 pub mod fdpass;
 pub mod http;
 pub mod metrics;
+pub mod persist;
 pub mod protocol;
 pub mod pulls;
 pub mod server;

@@ -179,6 +179,9 @@ impl Store {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.state = State::Evicted;
             }
+            if segment == SEGMENT_ID {
+                self.persist_delete(id);
+            }
             freed += size;
             self.counters.evicted_objects += 1;
             self.counters.evicted_bytes += size;
@@ -223,6 +226,7 @@ impl Store {
             o.offset = offset;
         }
         self.counters.restored_bytes += size;
+        self.persist_seals(&[id]);
         true
     }
     /// Puts an object at the young end of its list (its owner's or the global one).

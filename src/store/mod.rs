@@ -15,6 +15,7 @@
 mod create_queue;
 mod eviction;
 mod fallback;
+mod persisted;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -32,6 +33,7 @@ use log::{debug, warn};
 use crate::arena::Arena;
 use crate::external::ExternalStore;
 use crate::metrics::StoreCounters;
+use crate::persist::{Persist, PersistConfig};
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
@@ -83,6 +85,8 @@ pub struct StoreConfig {
     pub fallback_dir: Option<PathBuf>,
     /// Most bytes of objects in the fallback tier (`--fallback-limit`).
     pub fallback_limit: Option<u64>,
+    /// `--persist DIR`: keep the segment and a record of its sealed objects in a directory.
+    pub persist: Option<PersistConfig>,
 }
 
 impl StoreConfig {
@@ -97,6 +101,7 @@ impl StoreConfig {
             create_wait: Duration::ZERO,
             fallback_dir: None,
             fallback_limit: None,
+            persist: None,
         }
     }
 }
@@ -177,6 +182,8 @@ pub struct Store {
     create_queue: CreateQueue,
     /// Disk-backed segments for objects shared memory cannot hold.
     fallback: Option<Fallback>,
+    /// The record of sealed objects kept with `--persist`.
+    persist: Option<Persist>,
 }
 
 fn unix_now() -> i64 {
@@ -209,14 +216,29 @@ impl Store {
             .map(|e| ExternalStore::open(e, config.spill_limit))
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let segment = Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
-        let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
+        let (segment, arena, persist, recovered) = match &config.persist {
+            None => {
+                let segment =
+                    Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
+                let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
+                (segment, arena, None, None)
+            }
+            Some(p) => {
+                let o = crate::persist::open(p, SEGMENT_ID, config.capacity, segment_len)?;
+                (
+                    o.segment,
+                    o.arena,
+                    Some(o.persist),
+                    Some((o.objects, o.verified)),
+                )
+            }
+        };
         let fallback = config
             .fallback_dir
             .clone()
             .map(|dir| Fallback::new(dir, config.fallback_limit, SEGMENT_ID + 1))
             .transpose()?;
-        Ok(Store {
+        let mut store = Store {
             capacity: config.capacity,
             max_pending_gets: config.max_pending_gets,
             segment,
@@ -237,7 +259,12 @@ impl Store {
             counters: StoreCounters::default(),
             create_queue: CreateQueue::new(config.create_wait),
             fallback,
-        })
+            persist,
+        };
+        if let Some((objects, verified)) = recovered {
+            store.adopt(objects, verified);
+        }
+        Ok(store)
     }
 
     /// The shared-memory segment with this id, to send its fd.
@@ -644,6 +671,7 @@ impl Store {
                 ref_count: 0,
                 owner,
                 lru_seq: None,
+                unverified: false,
             },
         );
         if owner.is_some() {
@@ -701,6 +729,10 @@ impl Store {
             o.digest = Some(b.digest);
             o.construct_duration = 0;
             infos.push(seal_info(b.object_id, o));
+        }
+        if self.persist.is_some() {
+            let ids: Vec<ObjectId> = objects.iter().map(|b| b.object_id).collect();
+            self.persist_seals(&ids);
         }
         out.notify(&infos);
         for b in objects {
@@ -761,6 +793,7 @@ impl Store {
         o.construct_duration =
             i32::try_from(unix_now().saturating_sub(o.create_time)).unwrap_or(i32::MAX);
         let info = seal_info(object_id, o);
+        self.persist_seals(&[object_id]);
         out.notify(&[info]);
         self.wake_waiters(object_id, out);
         PlasmaError::Ok
@@ -783,6 +816,9 @@ impl Store {
             let mut state = self.objects.get(id).map(|o| o.state);
             if state == Some(State::Evicted) && self.restore(*id, out) {
                 state = Some(State::Sealed);
+            }
+            if state == Some(State::Sealed) && !self.recovered_intact(*id, out) {
+                state = None;
             }
             match (state, self.objects.get(id)) {
                 (Some(State::Sealed), Some(o)) => {
@@ -1064,6 +1100,9 @@ impl Store {
             return true;
         }
         self.free_block(object_id, o.segment, o.offset, o.size());
+        if o.state == State::Sealed && o.segment == SEGMENT_ID {
+            self.persist_delete(object_id);
+        }
         true
     }
 }
