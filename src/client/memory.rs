@@ -231,4 +231,26 @@ mod tests {
         assert_eq!(r.bytes(), &[1; 16]);
         assert_eq!(Region::new(&r.segment, 0, 1).unwrap().bytes(), &[7]);
     }
+
+    #[test]
+    fn populate_write_advises_whole_pages_only_and_changes_no_byte() {
+        let s = segment(64 << 10);
+        // Less than one whole page inside the range: nothing to advise.
+        let mut small = MutRegion::new(&s, 100, 4000).unwrap();
+        assert!(!small.populate_write());
+        // Several pages (on a file whose bytes are 7): faulted in, contents as they were.
+        let mut r = MutRegion::new(&s, 100, 40 << 10).unwrap();
+        let advised = r.populate_write();
+        // Kernels before 5.14 refuse with EINVAL; this one must have it from 5.14 on.
+        let release = nix::sys::utsname::uname().unwrap();
+        let release = release.release().to_string_lossy().into_owned();
+        let mut v = release
+            .split(|c: char| !c.is_ascii_digit())
+            .map(|p| p.parse::<u32>());
+        let (major, minor) = (v.next(), v.next());
+        if let (Some(Ok(major)), Some(Ok(minor))) = (major, minor) {
+            assert_eq!(advised, (major, minor) >= (5, 14), "kernel {release}");
+        }
+        assert!(r.bytes().iter().all(|&b| b == 7));
+    }
 }
