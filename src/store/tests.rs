@@ -971,3 +971,53 @@ fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
     // The directory is empty all along: the files are unlinked at once.
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
 }
+
+#[test]
+fn fallback_objects_are_evicted_spilled_and_restored_like_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(1000);
+    config.fallback_dir = Some(dir.path().to_path_buf());
+    config.external_store = Some("hashtable://fallback-test".into());
+    let mut s = Store::new(&config).expect("store");
+    s.connect(0);
+    let mut rec = Rec::default();
+    // A create-and-seal larger than shared memory: written into the fallback tier.
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = req(
+        &mut s,
+        &mut rec,
+        0,
+        Request::CreateAndSeal {
+            object_id: oid(1),
+            evict_if_full: true,
+            data: data.clone(),
+            metadata: b"m".to_vec(),
+            digest: [3; 8],
+        },
+    );
+    assert_eq!(
+        r,
+        Reply::CreateAndSeal {
+            error: PlasmaError::Ok
+        }
+    );
+    let fallback_bytes = |s: &Store| s.fallback.as_ref().map(|f| f.allocated());
+    assert_eq!(fallback_bytes(&s), Some(8192));
+    // Unheld, so in the LRU list: an eviction spills it and frees its fallback blocks.
+    let r = req(&mut s, &mut rec, 0, Request::Evict { num_bytes: 1 });
+    assert_eq!(r, Reply::Evict { num_bytes: 5001 });
+    assert_eq!(fallback_bytes(&s), Some(0));
+    // A get restores it (it cannot fit in shared memory: into the fallback tier again).
+    get(&mut s, &mut rec, 0, &[oid(1)], 0);
+    let Reply::Get { objects, .. } = rec.last_reply() else {
+        panic!("get reply");
+    };
+    let spec = objects[0].expect("restored");
+    assert_ne!(spec.segment_index, SEGMENT_ID);
+    let seg = s.segment_by_id(spec.segment_index).expect("segment");
+    let mut back = vec![0u8; 5001];
+    seg.read(spec.data_offset, &mut back).expect("read");
+    assert_eq!(&back[..5000], &data[..]);
+    assert_eq!(back[5000], b'm');
+    s.assert_consistent();
+}
