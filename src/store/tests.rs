@@ -1021,3 +1021,57 @@ fn fallback_objects_are_evicted_spilled_and_restored_like_the_others() {
     assert_eq!(back[5000], b'm');
     s.assert_consistent();
 }
+
+#[test]
+fn waiting_create_and_seals_hold_at_most_the_capacity_per_client() {
+    let mut s = waiting_store(1000, 60_000);
+    let mut rec = Rec::default();
+    let now = Instant::now();
+    create(&mut s, &mut rec, 0, oid(1), 800);
+    let cs = |id, n| Request::CreateAndSeal {
+        object_id: id,
+        evict_if_full: true,
+        data: vec![5; n],
+        metadata: vec![],
+        digest: [0; 8],
+    };
+    // 600 bytes wait; another 600 would park 1200 bytes of payload: refused at once.
+    s.handle(1, cs(oid(2), 600), now, &mut rec);
+    assert_eq!(rec.take(), vec![]);
+    s.handle(1, cs(oid(3), 600), now, &mut rec);
+    assert_eq!(
+        rec.take(),
+        vec![Event::Reply(
+            1,
+            Reply::CreateAndSeal {
+                error: PlasmaError::OutOfMemory
+            }
+        )]
+    );
+    // The creator aborts: the waiting one is served.
+    s.handle(0, Request::Abort { object_id: oid(1) }, now, &mut rec);
+    s.handle(1, cs(oid(4), 100), now, &mut rec);
+    let replies: Vec<_> = rec
+        .take()
+        .into_iter()
+        .filter(|e| matches!(e, Event::Reply(1, _)))
+        .collect();
+    assert_eq!(
+        replies,
+        vec![
+            Event::Reply(
+                1,
+                Reply::CreateAndSeal {
+                    error: PlasmaError::Ok
+                }
+            ),
+            Event::Reply(
+                1,
+                Reply::CreateAndSeal {
+                    error: PlasmaError::Ok
+                }
+            )
+        ]
+    );
+    s.assert_consistent();
+}
