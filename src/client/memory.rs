@@ -132,6 +132,73 @@ impl Region {
     }
 }
 
+impl Region {
+    /// Faults in, for writing, the whole pages of bytes `[from, to)` of this region
+    /// (`MADV_POPULATE_WRITE`, Linux 5.14), skipping 2 MiB chunks of the mapping this client
+    /// populated before (see [`Segment`]), so rewriting memory an earlier object used costs
+    /// no madvise. The contents do not change. Returns whether the kernel did it (or nothing
+    /// was left to do); a kernel without it (`EINVAL`) or any other refusal changes nothing.
+    /// Parts of one region may be populated from several threads at once.
+    pub fn populate_write(&self, from: usize, to: usize) -> bool {
+        let seg = &self.segment;
+        let base = seg.map.as_ptr() as usize;
+        let (from, to) = (from.min(self.len), to.min(self.len));
+        // Offsets in the mapping of the whole pages inside the part.
+        let (first, end) = (
+            (self.offset + from).next_multiple_of(PAGE),
+            (self.offset + to) / PAGE * PAGE,
+        );
+        if end <= first {
+            return false;
+        }
+        let is_done = |c: usize| {
+            seg.populated
+                .get(c / 64)
+                .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (c % 64)) != 0)
+        };
+        let mut ok = true;
+        let mut c = first / CHUNK;
+        while c * CHUNK < end {
+            if is_done(c) {
+                c += 1;
+                continue;
+            }
+            // A run of chunks not yet populated, clamped to the range.
+            let run_start = c;
+            while c * CHUNK < end && !is_done(c) {
+                c += 1;
+            }
+            let lo = (run_start * CHUNK).max(first);
+            let hi = (c * CHUNK).min(end);
+            let Some(addr) = std::ptr::NonNull::new((base + lo) as *mut std::ffi::c_void) else {
+                return false;
+            };
+            // SAFETY: `[from, to)` lies inside this region of a live mapping (bounds checked in
+            // `Region::new`; the `Arc<Segment>` keeps it mapped).
+            // MADV_POPULATE_WRITE only faults the pages in, writing nothing: memory contents
+            // are unchanged.
+            let done = unsafe {
+                nix::sys::mman::madvise(
+                    addr,
+                    hi - lo,
+                    nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE,
+                )
+            };
+            if done.is_err() {
+                ok = false;
+                break;
+            }
+            // Record the chunks the advice covered whole.
+            for k in lo.div_ceil(CHUNK)..hi / CHUNK {
+                if let Some(w) = seg.populated.get(k / 64) {
+                    w.fetch_or(1 << (k % 64), Ordering::Relaxed);
+                }
+            }
+        }
+        ok
+    }
+}
+
 /// The writable range of an object this client created and has not sealed. Not `Clone`: there
 /// is exactly one per created object.
 #[derive(Debug)]
@@ -161,68 +228,9 @@ impl MutRegion {
     /// Asks the kernel to allocate and map every page of the range for writing now
     /// (`MADV_POPULATE_WRITE`, Linux 5.14), instead of one page fault per 4 KiB page while the
     /// caller writes: a large write into fresh memory is then bounded by the copy, not the
-    /// faults. Only whole pages inside the range are advised. Returns whether the kernel did
-    /// it; a kernel without it (`EINVAL`) or any other refusal changes nothing.
-    ///
-    /// Chunks of the mapping this client populated before are skipped (see [`Segment`]), so
-    /// rewriting memory an earlier object used costs no madvise.
+    /// faults. See [`Region::populate_write`].
     pub fn populate_write(&mut self) -> bool {
-        let r = &self.0;
-        let seg = &r.segment;
-        let base = seg.map.as_ptr() as usize;
-        // Offsets in the mapping of the whole pages inside the range.
-        let (first, end) = (
-            r.offset.next_multiple_of(PAGE),
-            (r.offset + r.len) / PAGE * PAGE,
-        );
-        if end <= first {
-            return false;
-        }
-        let is_done = |c: usize| {
-            seg.populated
-                .get(c / 64)
-                .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (c % 64)) != 0)
-        };
-        let mut ok = true;
-        let mut c = first / CHUNK;
-        while c * CHUNK < end {
-            if is_done(c) {
-                c += 1;
-                continue;
-            }
-            // A run of chunks not yet populated, clamped to the range.
-            let run_start = c;
-            while c * CHUNK < end && !is_done(c) {
-                c += 1;
-            }
-            let from = (run_start * CHUNK).max(first);
-            let to = (c * CHUNK).min(end);
-            let Some(addr) = std::ptr::NonNull::new((base + from) as *mut std::ffi::c_void) else {
-                return false;
-            };
-            // SAFETY: `[from, to)` lies inside this object's range of a live mapping (bounds
-            // checked in `Region::new`; the `Arc<Segment>` keeps it mapped).
-            // MADV_POPULATE_WRITE only faults the pages in, writing nothing: memory contents
-            // are unchanged.
-            let done = unsafe {
-                nix::sys::mman::madvise(
-                    addr,
-                    to - from,
-                    nix::sys::mman::MmapAdvise::MADV_POPULATE_WRITE,
-                )
-            };
-            if done.is_err() {
-                ok = false;
-                break;
-            }
-            // Record the chunks the advice covered whole.
-            for k in from.div_ceil(CHUNK)..to / CHUNK {
-                if let Some(w) = seg.populated.get(k / 64) {
-                    w.fetch_or(1 << (k % 64), Ordering::Relaxed);
-                }
-            }
-        }
-        ok
+        self.0.populate_write(0, self.0.len)
     }
 
     /// The bytes of the range, writable.
