@@ -915,6 +915,12 @@ fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
     );
     assert!(s.segment_fd(store_fd).is_some());
     assert_eq!(events[1..], [Event::Segment(0, store_fd)]);
+    // Its disk blocks (two pages) are reserved before the reply.
+    let blocks = |s: &Store| {
+        let fd = s.segment_fd(store_fd).expect("fd");
+        nix::sys::stat::fstat(fd).expect("fstat").st_blocks * 512
+    };
+    assert!(blocks(&s) >= 8192);
     seal(&mut s, &mut rec, 0, oid(1));
     // Over the limit (two pages used of three): PlasmaStoreFull, nothing reserved.
     assert!(matches!(
@@ -958,6 +964,8 @@ fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
         },
     );
     assert_eq!(s.fallback.as_ref().map(|f| f.allocated()), Some(0));
+    // The hole is punched: the file keeps its size but holds no blocks.
+    assert_eq!(blocks(&s), 0);
     let Reply::Create {
         store_fd: again,
         error: PlasmaError::Ok,
