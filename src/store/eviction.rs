@@ -209,7 +209,12 @@ impl Store {
             }
             None => return false,
         };
-        let Some(offset) = self.allocate(size, true, out) else {
+        // Shared memory first (evicting others), else the fallback tier.
+        let placed = match self.allocate(size, true, out) {
+            Some(offset) => Some((SEGMENT_ID, offset)),
+            None => self.fallback.as_mut().and_then(|f| f.alloc(size)),
+        };
+        let Some((segment, offset)) = placed else {
             warn!("no memory to restore {id} from the external store");
             if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, bytes)) {
                 error!("cannot put {id} back into the external store: {e}; the object is gone");
@@ -217,12 +222,16 @@ impl Store {
             }
             return false;
         };
-        if let Err(e) = self.segment.write(offset, &bytes) {
+        let written = match self.segment_by_id(segment) {
+            Some(seg) => seg.write(offset, &bytes),
+            None => Err(std::io::Error::other("no such segment")),
+        };
+        if let Err(e) = written {
             warn!("restoring {id}: {e}");
         }
         if let Some(o) = self.objects.get_mut(&id) {
             o.state = State::Sealed;
-            o.segment = SEGMENT_ID;
+            o.segment = segment;
             o.offset = offset;
         }
         self.counters.restored_bytes += size;

@@ -121,6 +121,8 @@ struct ClientState {
     quota: Option<Quota>,
     /// Its creates waiting for memory.
     creates: usize,
+    /// Payload bytes of its create-and-seals waiting for memory.
+    create_bytes: u64,
 }
 
 /// A get request that is waiting for objects to be sealed.
