@@ -98,6 +98,12 @@ pub struct Snapshot {
     pub refused_connections: u64,
     /// The store's counters.
     pub store: StoreCounters,
+    /// Creates waiting for memory (`--create-wait`).
+    pub waiting_creates: u64,
+    /// Bytes of objects in the fallback tier (`--fallback-dir`).
+    pub fallback_bytes: u64,
+    /// Fallback segments (files) open.
+    pub fallback_segments: u64,
     /// A gateway (`plasma_flight`) is registered.
     pub gateway_registered: bool,
     /// Objects the gateway was asked to pull and has not delivered or given up on yet.
@@ -130,6 +136,9 @@ impl Snapshot {
                 .collect(),
             refused_connections: counters.refused_connections,
             store: store.counters(),
+            waiting_creates: store.waiting_creates() as u64,
+            fallback_bytes: store.fallback_usage().0,
+            fallback_segments: store.fallback_usage().1 as u64,
             gateway_registered: store.pulls().registered(),
             remote_pulls_outstanding: store.pulls().outstanding() as u64,
             remote_pull_requests: store.pulls().requested_total(),
@@ -272,6 +281,24 @@ pub fn encode(s: &Snapshot) -> String {
     );
     gauge(
         &mut r,
+        "plasma_waiting_creates",
+        "Creates waiting for memory to free (--create-wait)",
+        s.waiting_creates,
+    );
+    gauge(
+        &mut r,
+        "plasma_fallback_bytes",
+        "Bytes reserved for objects in the disk-backed fallback tier (--fallback-dir)",
+        s.fallback_bytes,
+    );
+    gauge(
+        &mut r,
+        "plasma_fallback_segments",
+        "Files of the fallback tier",
+        s.fallback_segments,
+    );
+    gauge(
+        &mut r,
         "plasma_gateway_registered",
         "1 while a Flight gateway (plasma_flight) is registered with the store",
         u64::from(s.gateway_registered),
@@ -349,6 +376,9 @@ mod tests {
                 spilled_bytes: 9,
                 restored_bytes: 11,
             },
+            waiting_creates: 15,
+            fallback_bytes: 16,
+            fallback_segments: 17,
             gateway_registered: true,
             remote_pulls_outstanding: 12,
             remote_pull_requests: 13,
@@ -368,6 +398,9 @@ mod tests {
             "plasma_evicted_bytes_total 8",
             "plasma_spilled_bytes_total 9",
             "plasma_restored_bytes_total 11",
+            "plasma_waiting_creates 15",
+            "plasma_fallback_bytes 16",
+            "plasma_fallback_segments 17",
             "plasma_gateway_registered 1",
             "plasma_remote_pulls_outstanding 12",
             "plasma_remote_pull_requests_total 13",

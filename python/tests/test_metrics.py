@@ -204,3 +204,64 @@ def test_stuck_scrapers_cost_the_store_nothing(metrics_store):
     s = scrape(url)
     assert value(s, "plasma_objects", state="sealed") == 100
     assert requests(s, "get") >= 100
+
+
+def start_store(tmp_path, *flags):
+    """A store with metrics on an ephemeral port and `flags`; returns (proc, socket, url)."""
+    sock = tmp_path / "full.sock"
+    log = tmp_path / "full.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [plasma.find_plasma_store_binary(), "-s", str(sock), "--metrics-listen", "0",
+             *flags], stderr=err, env=dict(os.environ, RUST_LOG="info"))
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, log.read_text()
+        m = re.search(r"metrics at (http://\S+/metrics)", log.read_text())
+        if m and sock.exists():
+            return proc, str(sock), m.group(1)
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+
+
+def test_waiting_creates_and_the_fallback_tier_are_counted(tmp_path):
+    fallback = tmp_path / "fallback"
+    fallback.mkdir()
+    proc, path, url = start_store(tmp_path, "-m", "1000000", "--create-wait", "20000",
+                                  "--fallback-dir", str(fallback))
+    try:
+        a = plasma.connect(path)
+        b = plasma.connect(path)
+        s = scrape(url)
+        assert value(s, "plasma_waiting_creates") == 0
+        assert value(s, "plasma_fallback_bytes") == 0
+        # Larger than shared memory: straight to the fallback tier.
+        big = plasma.ObjectID(b"B" * 20)
+        a.create_and_seal(big, b"x" * 3_000_000)
+        s = scrape(url)
+        assert value(s, "plasma_fallback_bytes") >= 3_000_000
+        assert value(s, "plasma_fallback_segments") == 1
+        # Shared memory held by a: b's create waits until a lets go.
+        held = plasma.ObjectID(b"H" * 20)
+        buf = a.create(held, 900_000)
+        waiting = plasma.ObjectID(b"W" * 20)
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (b.create(waiting, 500_000), done.set()))
+        t.start()
+        deadline = time.monotonic() + 10
+        while value(scrape(url), "plasma_waiting_creates") != 1:
+            assert time.monotonic() < deadline, "the create never showed as waiting"
+            time.sleep(0.02)
+        assert not done.is_set()
+        del buf
+        a.abort(held)
+        t.join(10)
+        assert done.is_set()
+        s = scrape(url)
+        assert value(s, "plasma_waiting_creates") == 0
+        a.delete([big])
+        assert value(scrape(url), "plasma_fallback_bytes") == 0
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

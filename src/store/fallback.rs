@@ -145,9 +145,13 @@ impl Fallback {
     }
 
     /// Bytes reserved for objects.
-    #[cfg(test)]
     pub(super) fn allocated(&self) -> u64 {
         self.allocated
+    }
+
+    /// Number of fallback segments (files) open.
+    pub(super) fn segments(&self) -> usize {
+        self.segments.len()
     }
 
     /// Makes a new segment with room for a block of `len` bytes; returns its index.

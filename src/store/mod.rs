@@ -337,6 +337,18 @@ impl Store {
         (created, self.objects.len() - created)
     }
 
+    /// Creates waiting for memory (`--create-wait`).
+    pub fn waiting_creates(&self) -> usize {
+        self.create_queue.len()
+    }
+
+    /// Bytes reserved for objects in the fallback tier, and its segments (`--fallback-dir`).
+    pub fn fallback_usage(&self) -> (u64, usize) {
+        self.fallback
+            .as_ref()
+            .map_or((0, 0), |f| (f.allocated(), f.segments()))
+    }
+
     /// The remote pulls asked of the gateway (for metrics).
     pub fn pulls(&self) -> &Pulls {
         &self.pulls
