@@ -237,13 +237,17 @@ def test_waiting_creates_and_the_fallback_tier_are_counted(tmp_path):
         assert value(s, "plasma_fallback_bytes") == 0
         # Larger than shared memory: straight to the fallback tier.
         big = plasma.ObjectID(b"B" * 20)
-        a.create_and_seal(big, b"x" * 3_000_000)
+        buf = a.create(big, 3_000_000)
+        memoryview(buf).cast("B")[:] = b"x" * 3_000_000
+        del buf
+        a.seal(big)
         s = scrape(url)
         assert value(s, "plasma_fallback_bytes") >= 3_000_000
         assert value(s, "plasma_fallback_segments") == 1
-        # Shared memory held by a: b's create waits until a lets go.
+        # Shared memory held by a's unsealed object: b's create waits until a goes.
+        holder = plasma.connect(path)
         held = plasma.ObjectID(b"H" * 20)
-        buf = a.create(held, 900_000)
+        buf = holder.create(held, 900_000)
         waiting = plasma.ObjectID(b"W" * 20)
         done = threading.Event()
         t = threading.Thread(target=lambda: (b.create(waiting, 500_000), done.set()))
@@ -254,7 +258,7 @@ def test_waiting_creates_and_the_fallback_tier_are_counted(tmp_path):
             time.sleep(0.02)
         assert not done.is_set()
         del buf
-        a.abort(held)
+        holder.disconnect()  # aborts its unsealed object
         t.join(10)
         assert done.is_set()
         s = scrape(url)
