@@ -10,6 +10,8 @@
 #   5. the documentation walkthrough (tests/python) with the pyarrow 11 client;
 #   6. the Python package's tests (python/run-tests.sh), newest pyarrow and numpy: the asyncio
 #      client, the wheel in a fresh venv, the metrics page;
+#   6b. the Flight gateway's tests (scripts/flight-tests.sh): two stores and two gateways on
+#      loopback, pyarrow.flight and pyarrow 11 clients, the faults;
 #   7. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
 #      (PLASMA_FUZZ_SECONDS per target, default 60; 0 skips).
 set -euo pipefail
@@ -26,7 +28,7 @@ step "generated FlatBuffers code is current"
 FLATC="$VENV/bin/flatc" scripts/regen-flatbuffers.sh --check
 
 step "cargo test (our daemon)"
-cargo test --all-targets
+cargo test -p plasma-store --all-targets
 
 step "tests/client.rs against the reference daemon ($REFERENCE)"
 PLASMA_STORE_BIN="$REFERENCE" cargo test --test client
@@ -40,6 +42,9 @@ PLASMA_STORE_BIN=target/debug/plasma_store "$VENV/bin/python" -m pytest -q -p no
 
 step "Python package (python/): newest pyarrow and numpy, and objects shared with pyarrow 11"
 PLASMA_PYARROW11_PYTHON="$VENV/bin/python" python/run-tests.sh -q
+
+step "Flight gateway (flight/): unit tests, then stores and gateways on loopback"
+scripts/flight-tests.sh
 
 secs=${PLASMA_FUZZ_SECONDS:-60}
 if [ "$secs" != 0 ] && cargo +nightly --version >/dev/null 2>&1 && cargo fuzz --version >/dev/null 2>&1; then

@@ -1,0 +1,128 @@
+//! The gateway's handle on its local store: the crate's blocking client, called from tokio on
+//! the blocking pool, and the store's gateway extension (misses, failed pulls, object info,
+//! sealing with a given digest) behind the [`gw`] module.
+
+use plasma_store::client::{Client, MutableBuffer};
+use plasma_store::protocol::ObjectId;
+
+use crate::error::GwError;
+
+/// The local store, shared by the Flight service and the pull engine. Every call is one
+/// Unix-socket round trip on the blocking pool (the client is blocking and serialises its
+/// calls; the gateway never makes a call that waits in the store).
+#[derive(Clone, Debug)]
+pub struct Local {
+    client: Client,
+}
+
+impl Local {
+    /// Wraps a connected client.
+    pub fn new(client: Client) -> Local {
+        Local { client }
+    }
+
+    /// The client itself, for the blocking parts (the miss thread, drop guards).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `f` with the client on tokio's blocking pool.
+    pub async fn run<T, F>(&self, f: F) -> Result<T, GwError>
+    where
+        F: FnOnce(&Client) -> Result<T, GwError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let c = self.client.clone();
+        tokio::task::spawn_blocking(move || f(&c)).await?
+    }
+}
+
+/// An object being written by the gateway (a DoPut or a pull). Dropping it without
+/// [`Pending::take`] aborts the object, so however a transfer ends (an error, a client gone,
+/// the handler's future dropped by the server) nothing unsealed is left behind.
+pub struct Pending {
+    buf: Option<MutableBuffer>,
+}
+
+impl Pending {
+    /// Guards a freshly created object.
+    pub fn new(buf: MutableBuffer) -> Pending {
+        Pending { buf: Some(buf) }
+    }
+
+    /// The writable data.
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        match self.buf.as_mut() {
+            Some(b) => b.data_mut(),
+            None => &mut [],
+        }
+    }
+
+    /// Takes the buffer out to seal it; the guard no longer aborts it.
+    pub fn take(mut self) -> Option<MutableBuffer> {
+        self.buf.take()
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            let id = buf.id();
+            // One round trip; it may run on a runtime thread, which is acceptable for an
+            // abort (rare, ~30 µs). A store that is gone has aborted the object itself.
+            if let Err(e) = buf.abort() {
+                log::debug!("abort of {id} failed: {e}");
+            }
+        }
+    }
+}
+
+/// The store's gateway extension (`schema/EXTENSIONS.md`), as the gateway uses it: one
+/// small seam, so that the rest of the gateway depends on these few calls only.
+pub mod gw {
+    use plasma_store::client::{
+        Client, Error, GatewayMisses, MutableBuffer, ObjectBuffer, ObjectInfo,
+    };
+    use plasma_store::protocol::{Digest, ObjectId};
+
+    /// A source of misses: ids that clients of the store wait for and the store does not
+    /// have. Blocking.
+    pub trait MissSource: Send {
+        /// The next misses (never empty); `None` once the store closed the miss socket.
+        fn next_misses(&mut self) -> Result<Option<Vec<ObjectId>>, Error>;
+    }
+
+    impl MissSource for GatewayMisses {
+        fn next_misses(&mut self) -> Result<Option<Vec<ObjectId>>, Error> {
+            GatewayMisses::next_misses(self)
+        }
+    }
+
+    /// Registers the client's connection as the store's gateway.
+    pub fn register(client: &Client) -> Result<Box<dyn MissSource>, Error> {
+        Ok(Box::new(client.register_gateway()?))
+    }
+
+    /// Tells the store that the pulls of `ids` failed (their next get misses again).
+    pub fn pull_failed(client: &Client, ids: &[ObjectId]) -> Result<(), Error> {
+        client.gateway_pull_failed(ids)
+    }
+
+    /// The info of those of `ids` that are sealed in the store.
+    pub fn info(client: &Client, ids: &[ObjectId]) -> Result<Vec<ObjectInfo>, Error> {
+        client.gateway_info(ids)
+    }
+
+    /// Seals `buf` with the given digest (a pulled copy keeps its origin's).
+    pub fn seal_with_digest(buf: MutableBuffer, digest: Digest) -> Result<ObjectBuffer, Error> {
+        buf.seal_with_digest(digest)
+    }
+}
+
+/// The info of one sealed object, or `NotFound`.
+pub fn info_of(client: &Client, id: ObjectId) -> Result<plasma_store::client::ObjectInfo, GwError> {
+    gw::info(client, &[id])?
+        .into_iter()
+        .find(|o| o.object_id == id)
+        .ok_or(GwError::NotFound(id))
+}
