@@ -3,13 +3,15 @@
 #
 #   1. the committed FlatBuffers code is what flatc generates from schema/ (stale = failure);
 #   2. cargo test: unit tests, protocol/golden tests, client and daemon integration tests
-#      (against our plasma_store);
+#      (against our plasma_store), systemd readiness, and plasmactl (a workspace member);
 #   3. tests/client.rs again against the C++ reference daemon from pyarrow 11, which proves
 #      that our encoding is the real one;
 #   4. pyarrow 11's own test_plasma.py, unmodified, against our daemon;
 #   5. the documentation walkthrough (tests/python) with the pyarrow 11 client;
-#   6. the Python package's tests (python/run-tests.sh), newest pyarrow and numpy;
-#   6b. the Flight gateway's tests (scripts/flight-tests.sh);
+#   6. the Python package's tests (python/run-tests.sh), newest pyarrow and numpy: the asyncio
+#      client, the wheel in a fresh venv, the metrics page;
+#   6b. the Flight gateway's tests (scripts/flight-tests.sh): two stores and two gateways on
+#      loopback, pyarrow.flight and pyarrow 11 clients, the faults;
 #   7. each fuzz target briefly, when a nightly toolchain and cargo-fuzz are present
 #      (PLASMA_FUZZ_SECONDS per target, default 60; 0 skips).
 set -euo pipefail

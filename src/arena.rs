@@ -44,6 +44,14 @@ pub enum ArenaError {
     },
     /// No live block starts at this offset (never allocated, already freed, or not a block start).
     NotAllocated(u64),
+    /// A block given to [`Arena::with_blocks`] is misaligned, outside the range, out of order
+    /// or overlaps the one before it.
+    BadBlock {
+        /// Its offset.
+        offset: u64,
+        /// Its requested size.
+        size: u64,
+    },
 }
 
 impl fmt::Display for ArenaError {
@@ -58,6 +66,10 @@ impl fmt::Display for ArenaError {
             ArenaError::NotAllocated(offset) => {
                 write!(f, "no allocated block starts at offset {offset}")
             }
+            ArenaError::BadBlock { offset, size } => write!(
+                f,
+                "block {offset}+{size} is misaligned, outside the arena, out of order or overlapping"
+            ),
         }
     }
 }
@@ -150,6 +162,43 @@ impl Arena {
             return Err(ArenaError::RangeOverflow { base, len });
         }
         Ok(Arena::new(base, len))
+    }
+
+    /// Creates an arena over `[base, base + len)` in which `blocks` (`(offset, requested
+    /// size)`, sorted by offset) are already allocated and everything else is free: the
+    /// allocator of a segment whose objects survived a restart. Each block must start on an
+    /// [`ALIGNMENT`] boundary inside the range, and its whole block length must end inside it
+    /// and before the next block; the first block that does not is the error. O(n log n).
+    pub fn with_blocks(base: u64, len: u64, blocks: &[(u64, u64)]) -> Result<Arena, ArenaError> {
+        let mut arena = Arena::try_new(base, 0)?;
+        let (base, capacity) = aligned_range(base, len);
+        arena.base = base;
+        arena.capacity = capacity;
+        let end = base + capacity;
+        let mut cursor = base;
+        let mut free = Vec::new();
+        for &(offset, size) in blocks {
+            let block_end = offset.checked_add(block_len(size)).filter(|e| *e <= end);
+            let Some(block_end) =
+                block_end.filter(|_| offset >= cursor && offset.is_multiple_of(ALIGNMENT))
+            else {
+                return Err(ArenaError::BadBlock { offset, size });
+            };
+            if offset > cursor {
+                free.push((cursor, offset - cursor));
+            }
+            arena.allocated_bytes += size;
+            arena.used_bytes += block_end - offset;
+            cursor = block_end;
+        }
+        if cursor < end {
+            free.push((cursor, end - cursor));
+        }
+        // Sorted input: the maps are bulk-built.
+        arena.live = blocks.iter().copied().collect();
+        arena.free_by_size = free.iter().map(|&(o, l)| (l, o)).collect();
+        arena.free = free.into_iter().collect();
+        Ok(arena)
     }
 
     /// Allocates a block of at least `size` bytes and returns its offset, or `None` if no
@@ -399,6 +448,36 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn with_blocks_rebuilds_the_free_space_around_given_blocks() {
+        let mut arena = Arena::with_blocks(64, 64 * 10, &[(128, 100), (320, 0), (576, 64)])
+            .expect("valid blocks");
+        check(&arena);
+        assert_eq!(arena.live_blocks(), 3);
+        assert_eq!(arena.allocated_bytes(), 164);
+        assert_eq!(arena.used_bytes(), 128 + 64 + 64);
+        // Free: 64+64, 256+64, 384+192, 640+64.
+        assert_eq!(arena.free_block_count(), 4);
+        assert_eq!(arena.largest_free_block(), 192);
+        assert_eq!(arena.alloc(150), Some(384));
+        assert_eq!(arena.free(128), Ok(100));
+        check(&arena);
+        assert_eq!(
+            Arena::with_blocks(64, 640, &[]).map(|a| a.free_bytes()),
+            Ok(640)
+        );
+        for bad in [
+            vec![(100, 1)],             // misaligned
+            vec![(0, 1)],               // below the base
+            vec![(640, 65)],            // ends past the range
+            vec![(128, 100), (192, 1)], // overlaps the block before
+            vec![(256, 1), (128, 1)],   // out of order
+            vec![(128, u64::MAX)],      // absurd size
+        ] {
+            assert!(Arena::with_blocks(64, 640, &bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -886,6 +965,14 @@ mod tests {
                 }
             }
             check_against_model(&arena, &live)?;
+            // An arena rebuilt from the live blocks (as after a restart) is the same arena.
+            let mut sorted = live.clone();
+            sorted.sort_unstable();
+            let rebuilt = Arena::with_blocks(base, len, &sorted);
+            prop_assert!(rebuilt.is_ok(), "{:?}", rebuilt.err());
+            if let Ok(rebuilt) = rebuilt {
+                check_against_model(&rebuilt, &live)?;
+            }
         }
 
         for index in drain.iter().cycle() {

@@ -39,10 +39,23 @@ pub fn object_digest(data: &[u8], metadata: &[u8]) -> Digest {
 /// second pass over memory for the digest. Large data is done one digest part per thread, by
 /// up to `threads` threads (part boundaries as in [`object_digest`]).
 pub fn copy_and_digest(dst: &mut [u8], src: &[u8], metadata: &[u8], threads: usize) -> Digest {
+    copy_and_digest_prepared(dst, src, metadata, threads, &|_, _| {})
+}
+
+/// [`copy_and_digest`], calling `prepare(offset, len)` on each part of `dst` right before the
+/// thread that copies it does (to fault the destination in, in parallel).
+pub fn copy_and_digest_prepared(
+    dst: &mut [u8],
+    src: &[u8],
+    metadata: &[u8],
+    threads: usize,
+    prepare: &(dyn Fn(usize, usize) + Sync),
+) -> Digest {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
     let mut outer = Xxh64::new(0);
     if n < PARALLEL_THRESHOLD {
+        prepare(0, n);
         dst.copy_from_slice(src);
         outer.update(src);
     } else {
@@ -53,7 +66,7 @@ pub fn copy_and_digest(dst: &mut [u8], src: &[u8], metadata: &[u8], threads: usi
         } else {
             1
         };
-        copy_parts_threaded(dst, src, chunk, workers, &mut hashes);
+        copy_parts_threaded(dst, src, chunk, workers, &mut hashes, prepare);
         for h in hashes {
             outer.update(&h.to_le_bytes());
         }
@@ -75,21 +88,27 @@ fn copy_hash(dst: &mut [u8], src: &[u8]) -> u64 {
     h.digest()
 }
 
+/// One digest part: its offset, destination and source.
+type Part<'a> = (usize, &'a mut [u8], &'a [u8]);
+
 /// The digest parts of `dst` and `src` (eight of `chunk` bytes, then the tail).
-fn split_parts<'a>(
-    mut dst: &'a mut [u8],
-    mut src: &'a [u8],
-    chunk: usize,
-) -> Vec<(&'a mut [u8], &'a [u8])> {
+fn split_parts<'a>(mut dst: &'a mut [u8], mut src: &'a [u8], chunk: usize) -> Vec<Part<'a>> {
     let mut parts = Vec::with_capacity(PARTS + 1);
-    for _ in 0..PARTS {
+    for i in 0..PARTS {
         let (d, d_rest) = dst.split_at_mut(chunk.min(dst.len()));
         let (s, s_rest) = src.split_at(chunk.min(src.len()));
-        parts.push((d, s));
+        parts.push((i * chunk, d, s));
         (dst, src) = (d_rest, s_rest);
     }
-    parts.push((dst, src));
+    parts.push((PARTS * chunk, dst, src));
     parts
+}
+
+/// Prepares, copies and hashes one part.
+fn do_part(part: Part<'_>, prepare: &(dyn Fn(usize, usize) + Sync)) -> u64 {
+    let (offset, d, s) = part;
+    prepare(offset, d.len());
+    copy_hash(d, s)
 }
 
 /// Copies and hashes the parts, spread over `workers` threads (the caller's included). Parts
@@ -100,6 +119,7 @@ fn copy_parts_threaded(
     chunk: usize,
     workers: usize,
     hashes: &mut [u64; PARTS + 1],
+    prepare: &(dyn Fn(usize, usize) + Sync),
 ) {
     let per = (PARTS + 1).div_ceil(workers);
     let failed = std::thread::scope(|s| {
@@ -115,8 +135,8 @@ fn copy_parts_threaded(
         let mine = outs.next();
         for (g, (out, group)) in outs {
             let spawned = std::thread::Builder::new().spawn_scoped(s, move || {
-                for (slot, (d, src)) in out.iter_mut().zip(group) {
-                    *slot = copy_hash(d, src);
+                for (slot, part) in out.iter_mut().zip(group) {
+                    *slot = do_part(part, prepare);
                 }
             });
             if spawned.is_err() {
@@ -124,8 +144,8 @@ fn copy_parts_threaded(
             }
         }
         if let Some((_, (out, group))) = mine {
-            for (slot, (d, src)) in out.iter_mut().zip(group) {
-                *slot = copy_hash(d, src);
+            for (slot, part) in out.iter_mut().zip(group) {
+                *slot = do_part(part, prepare);
             }
         }
         failed
@@ -134,11 +154,54 @@ fn copy_parts_threaded(
         return;
     }
     let parts = split_parts(dst, src, chunk);
-    for (i, (d, src)) in parts.into_iter().enumerate() {
+    for (i, part) in parts.into_iter().enumerate() {
         if failed.contains(&(i / per)) {
-            hashes[i] = copy_hash(d, src);
+            hashes[i] = do_part(part, prepare);
         }
     }
+}
+
+/// Computes the same digest as [`object_digest`] for an object that is not in memory:
+/// `read(offset, buf)` fills `buf` with the bytes at `offset` of data-then-metadata. Reads in
+/// pieces of at most 1 MiB, so verifying a large object needs no buffer of its size.
+pub fn object_digest_from(
+    data_len: u64,
+    metadata_len: u64,
+    mut read: impl FnMut(u64, &mut [u8]) -> std::io::Result<()>,
+) -> std::io::Result<Digest> {
+    const PIECE: u64 = 1 << 20;
+    let mut buf = vec![0u8; PIECE as usize];
+    let mut feed = |h: &mut Xxh64, start: u64, end: u64| -> std::io::Result<()> {
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(PIECE) as usize;
+            let piece = &mut buf[..n];
+            read(at, piece)?;
+            h.update(piece);
+            at += n as u64;
+        }
+        Ok(())
+    };
+    let mut outer = Xxh64::new(0);
+    if data_len < PARALLEL_THRESHOLD as u64 {
+        feed(&mut outer, 0, data_len)?;
+    } else {
+        let chunk = (data_len / 64 / PARTS as u64) * 64;
+        for i in 0..=PARTS as u64 {
+            let start = i * chunk;
+            let end = if i == PARTS as u64 {
+                data_len
+            } else {
+                start + chunk
+            };
+            let mut part = Xxh64::new(0);
+            feed(&mut part, start, end)?;
+            outer.update(&part.digest().to_le_bytes());
+        }
+    }
+    let total = data_len.saturating_add(metadata_len);
+    feed(&mut outer, data_len, total)?;
+    Ok(outer.digest().to_le_bytes())
 }
 
 /// Hashes parts `first..first + out.len()` of `data` (part `PARTS` is the tail) into `out`.
@@ -208,6 +271,20 @@ mod tests {
             h.digest().to_le_bytes()
         };
         assert_ne!(object_digest(&data, b"m"), whole);
+    }
+
+    #[test]
+    fn streamed_digest_matches_the_in_memory_one() {
+        for len in [0usize, 5, (1 << 20) - 1, 1 << 20, (3 << 20) + 77] {
+            let data: Vec<u8> = (0..len).map(|i| (i * 29 % 253) as u8).collect();
+            let all: Vec<u8> = data.iter().chain(b"metadata").copied().collect();
+            let streamed = object_digest_from(len as u64, 8, |at, buf| {
+                buf.copy_from_slice(&all[at as usize..at as usize + buf.len()]);
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(streamed, object_digest(&data, b"metadata"), "{len}");
+        }
     }
 
     #[test]

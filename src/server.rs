@@ -26,6 +26,8 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use slab::Slab;
 
 use crate::fdpass;
+use crate::http::MetricsServer;
+use crate::metrics::{ServerCounters, Snapshot};
 use crate::protocol::{
     Encoder, FrameDecoder, HEADER_LEN, ObjectId, ObjectInfo, PlasmaError, ProtocolError, Reply,
     Request, decode_request,
@@ -73,6 +75,8 @@ pub struct ServerConfig {
     pub max_request_bytes: Option<usize>,
     /// When set, only peers with these user ids (checked with SO_PEERCRED) are served.
     pub allowed_uids: Option<Vec<u32>>,
+    /// Where to serve the Prometheus page (`GET /metrics`), if anywhere.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 impl ServerConfig {
@@ -88,6 +92,7 @@ impl ServerConfig {
             prefault: true,
             max_request_bytes: None,
             allowed_uids: None,
+            metrics_listen: None,
         }
     }
 }
@@ -306,6 +311,10 @@ pub struct Server {
     notified: bool,
     /// The connection registered as the gateway (the extension), if any.
     gateway: Option<usize>,
+    /// The metrics endpoint (`--metrics-listen`).
+    metrics: Option<MetricsServer>,
+    /// Request and connection counters for the metrics page.
+    counters: ServerCounters,
 }
 
 impl Subscriber {
@@ -393,6 +402,10 @@ impl Server {
             SIGNALS,
             Interest::READABLE,
         )?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(MetricsServer::bind(addr, poll.registry())?),
+            None => None,
+        };
         let warmup = if config.prefault {
             let end = config
                 .store
@@ -439,7 +452,14 @@ impl Server {
             _warmup: warmup,
             notified: false,
             gateway: None,
+            metrics,
+            counters: ServerCounters::default(),
         })
+    }
+
+    /// The address of the metrics endpoint, if it has one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|m| m.local_addr().ok())
     }
 
     /// Runs until SIGINT or SIGTERM, then removes the socket file.
@@ -462,6 +482,19 @@ impl Server {
                                 .unwrap_or("signal");
                             info!("{name} received, shutting down");
                             return Ok(());
+                        }
+                    }
+                    t if MetricsServer::owns(t) => {
+                        if let Some(m) = self.metrics.as_mut() {
+                            let (store, conns, counters) =
+                                (&self.store, &self.conns, &self.counters);
+                            m.on_event(t, self.poll.registry(), &mut || {
+                                crate::metrics::encode(&Snapshot::collect(
+                                    store,
+                                    conns.len(),
+                                    counters,
+                                ))
+                            });
                         }
                     }
                     Token(t) => {
@@ -496,6 +529,9 @@ impl Server {
         let now = Instant::now();
         let mut out = outbox!(self);
         self.store.expire(now, &mut out);
+        if let Some(m) = self.metrics.as_mut() {
+            m.expire(now, self.poll.registry());
+        }
         if self.accept_paused_until.is_some_and(|t| t <= now) {
             self.accept_paused_until = None;
             self.accept_all();
@@ -508,11 +544,16 @@ impl Server {
             return Some(Duration::ZERO);
         }
         let now = Instant::now();
-        [self.store.next_deadline(), self.accept_paused_until]
-            .into_iter()
-            .flatten()
-            .min()
-            .map(|t| t.saturating_duration_since(now))
+        let metrics = self.metrics.as_ref().and_then(MetricsServer::next_deadline);
+        [
+            self.store.next_deadline(),
+            self.accept_paused_until,
+            metrics,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .map(|t| t.saturating_duration_since(now))
     }
 
     fn accept_all(&mut self) {
@@ -530,10 +571,12 @@ impl Server {
                             Ok(uid) if allowed.contains(&uid) => {}
                             Ok(uid) => {
                                 warn!("refusing a client with uid {uid}: not in --allow-uid");
+                                self.counters.refused_connections += 1;
                                 continue;
                             }
                             Err(e) => {
                                 warn!("refusing a client whose credentials are unknown: {e}");
+                                self.counters.refused_connections += 1;
                                 continue;
                             }
                         }
@@ -543,6 +586,7 @@ impl Server {
                             "refusing a client: {} connections already (the limit)",
                             self.conns.len()
                         );
+                        self.counters.refused_connections += 1;
                         continue;
                     }
                     let entry = self.conns.vacant_entry();
@@ -750,6 +794,7 @@ impl Server {
     }
 
     fn dispatch(&mut self, key: usize, req: Request) {
+        self.counters.request(req.message_type());
         match req {
             Request::Disconnect => self.kill(key),
             Request::Subscribe => {

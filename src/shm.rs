@@ -1,5 +1,6 @@
-//! The shared-memory segment: one file (an anonymous memfd, or a file created and unlinked
-//! in `-d DIR`) whose fd is handed to clients, who map it.
+//! The shared-memory segment: one file (an anonymous memfd, a file created and unlinked in
+//! `-d DIR`, or with `--persist DIR` a named file that outlives the store) whose fd is handed
+//! to clients, who map it.
 //!
 //! The store itself does not map the segment: the few bytes it ever moves (a create-and-seal's
 //! payload, evictions to and restores from the external store) go through `pwrite`/`pread` on
@@ -47,15 +48,63 @@ pub struct SegmentOptions {
     pub huge_pages: bool,
 }
 
+/// The size of a segment file whose usable area is at least `usable` bytes, in pages of
+/// `page` bytes.
+fn file_size_for(usable: u64, page: u64) -> io::Result<u64> {
+    usable
+        .checked_add(SEGMENT_BASE + CLIENT_MAP_TAIL)
+        .and_then(|n| n.checked_next_multiple_of(page))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment size overflows"))
+}
+
 impl Segment {
+    /// Opens the named file `path` as a segment, creating it (empty, mode 0600) if missing and
+    /// keeping its contents: the shared memory of a store that restarts without losing its
+    /// objects. The size stays what it was until [`Segment::resize`].
+    pub fn open_file(id: i32, path: &std::path::Path) -> io::Result<Segment> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(nix::libc::O_CLOEXEC)
+            .open(path)?;
+        let file_size = file.metadata()?.len();
+        Ok(Segment {
+            id,
+            file,
+            map: None,
+            file_size,
+        })
+    }
+
+    /// The usable length a segment created or resized for `usable` bytes ends up with.
+    pub fn usable_len_for(usable: u64) -> io::Result<u64> {
+        Ok(file_size_for(usable, 4096)? - SEGMENT_BASE - CLIENT_MAP_TAIL)
+    }
+
+    /// Grows or shrinks the file so that its usable area is [`Segment::usable_len_for`]
+    /// `usable`. Bytes below the new end are kept; the caller makes sure no object lies
+    /// beyond it. Only for segments no client has mapped yet.
+    pub fn resize(&mut self, usable: u64) -> io::Result<()> {
+        let file_size = file_size_for(usable, 4096)?;
+        self.file.set_len(file_size)?;
+        self.file_size = file_size;
+        Ok(())
+    }
+
+    /// Writes the segment's dirty pages to the file's storage (for `--persist-sync`).
+    pub fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// Creates a segment whose usable object area (from [`SEGMENT_BASE`]) is at least
     /// `usable` bytes.
     pub fn create(id: i32, usable: u64, opts: &SegmentOptions) -> io::Result<Segment> {
         let page = if opts.huge_pages { HUGE_PAGE } else { 4096 };
-        let file_size = usable
-            .checked_add(SEGMENT_BASE + CLIENT_MAP_TAIL)
-            .and_then(|n| n.checked_next_multiple_of(page))
-            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "segment size overflows"))?;
+        let file_size = file_size_for(usable, page)?;
         if opts.huge_pages {
             check_huge_pages(file_size)?;
         }
@@ -105,7 +154,8 @@ impl Segment {
 
     /// The usable object area: offsets `[SEGMENT_BASE, SEGMENT_BASE + usable_len())`.
     pub fn usable_len(&self) -> u64 {
-        self.file_size - SEGMENT_BASE - CLIENT_MAP_TAIL
+        self.file_size
+            .saturating_sub(SEGMENT_BASE + CLIENT_MAP_TAIL)
     }
 
     /// A duplicate of the segment's fd, for a helper that works on the file on its own
@@ -122,7 +172,9 @@ impl Segment {
     fn check(&self, offset: u64, len: usize) -> io::Result<usize> {
         let end = offset.checked_add(len as u64);
         match end {
-            Some(end) if end <= self.file_size - CLIENT_MAP_TAIL => Ok(offset as usize),
+            Some(end) if end <= self.file_size.saturating_sub(CLIENT_MAP_TAIL) => {
+                Ok(offset as usize)
+            }
             _ => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("range {offset}+{len} outside segment {}", self.id),
@@ -220,6 +272,31 @@ mod tests {
         assert!(s.write(end - 1, b"ab").is_err());
         assert!(s.write(u64::MAX, b"a").is_err());
         s.write(end - 2, b"ab").unwrap();
+    }
+
+    #[test]
+    fn named_segment_keeps_its_bytes_across_opens_and_resizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        let mut s = Segment::open_file(3, &path).unwrap();
+        assert_eq!(s.usable_len(), 0);
+        assert!(
+            s.write(SEGMENT_BASE, b"x").is_err(),
+            "an empty file has no room"
+        );
+        s.resize(10_000).unwrap();
+        assert_eq!(s.usable_len(), Segment::usable_len_for(10_000).unwrap());
+        s.write(SEGMENT_BASE + 100, b"kept").unwrap();
+        drop(s);
+        let mut s = Segment::open_file(3, &path).unwrap();
+        s.resize(100_000).unwrap();
+        let mut out = [0u8; 4];
+        s.read(SEGMENT_BASE + 100, &mut out).unwrap();
+        assert_eq!(&out, b"kept");
+        s.resize(1).unwrap();
+        assert_eq!(s.mmap_size(), 4096);
+        s.read(SEGMENT_BASE + 100, &mut out).unwrap();
+        assert_eq!(&out, b"kept");
     }
 
     #[test]

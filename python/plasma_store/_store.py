@@ -6,6 +6,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import sysconfig
 import tempfile
 import time
 
@@ -16,11 +18,12 @@ BINARY_NAME = "plasma_store"
 
 
 def find_plasma_store_binary():
-    """Path of the store daemon: ``$PLASMA_STORE_BIN``, else ``plasma_store`` on ``PATH``.
+    """Path of the store daemon: ``$PLASMA_STORE_BIN``; else the ``plasma_store`` command
+    this package installs (in the scripts directory of the environment it is installed in,
+    found even when that directory is not on ``PATH``); else ``plasma_store`` on ``PATH``.
 
-    The daemon is not shipped in this package; build it from the plasma-store repository
-    (``cargo build --release`` gives ``target/release/plasma_store``, or ``cargo install
-    --path .`` puts it on ``PATH``).
+    The installed command runs the daemon from this package's extension, the same code as
+    the repository's ``plasma_store`` binary (``cargo build --release`` builds that one).
     """
     path = os.environ.get(ENV_VAR)
     if path:
@@ -28,13 +31,17 @@ def find_plasma_store_binary():
             raise FileNotFoundError(
                 f"{ENV_VAR}={path!r} is not an executable file")
         return path
+    for scripts in (sysconfig.get_path("scripts"), os.path.dirname(sys.executable)):
+        path = os.path.join(scripts, BINARY_NAME)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
     path = shutil.which(BINARY_NAME)
     if path:
         return path
     raise FileNotFoundError(
         f"cannot find the Plasma store daemon: set {ENV_VAR} to its path, or put "
-        f"{BINARY_NAME!r} on PATH (build it in the plasma-store repository with "
-        "'cargo build --release', or install it with 'cargo install --path .')")
+        f"{BINARY_NAME!r} on PATH (pip install this package, which installs it, or build "
+        "it in the plasma-store repository with 'cargo build --release')")
 
 
 def _wait_until_listening(path, proc, timeout):

@@ -320,11 +320,21 @@ impl PlasmaClient {
         let metadata = metadata_arg(metadata)?;
         let src = RawBuf::get(value)?;
         let (addr, len) = (src.addr(), src.len());
-        self.create_filled(py, id, len as u64, &metadata, |dst| {
-            // SAFETY: `src` holds the exporter's view, so `len` bytes at `addr` stay valid
-            // during the copy; they are another object's memory, not this new object's.
-            unsafe { copy_from(dst, addr, memcopy_threads) }
-        })?;
+        py.detach(|| {
+            let mut buf = self.client.create(id, len as u64, &metadata)?;
+            let bytes: &[u8] = if len == 0 {
+                &[]
+            } else {
+                // SAFETY: `src` holds the exporter's view, so `len` bytes at `addr` stay valid
+                // (and unchanged: it is another object's memory, not this new object's) until
+                // `src` is dropped below.
+                unsafe { std::slice::from_raw_parts(addr as *const u8, len) }
+            };
+            // Copied and hashed in one pass; the seal sends that digest.
+            buf.write_all(bytes, memcopy_threads);
+            buf.seal().map(drop)
+        })
+        .py()?;
         drop(src);
         new_id(py, id)
     }

@@ -84,9 +84,27 @@ fn connect(
     Ok(PlasmaClient::new(client, name))
 }
 
+/// Runs the store daemon in this process with the command-line arguments ``args`` (without
+/// the program name), exactly as the ``plasma_store`` binary does, until SIGINT or SIGTERM;
+/// returns its exit code. For the ``plasma_store`` console script (``plasma_store._cli``):
+/// the daemon takes SIGINT and SIGTERM through a signalfd, so it must run in a process
+/// whose other threads (if any) block them.
+#[pyfunction]
+fn _run_store(py: Python<'_>, args: Vec<String>) -> i32 {
+    // The daemon's exit codes are 0 and 1; ExitCode does not say which, so compare.
+    py.detach(|| {
+        if plasma_store::cli::run(args) == std::process::ExitCode::SUCCESS {
+            0
+        } else {
+            1
+        }
+    })
+}
+
 #[pymodule]
 fn _plasma(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(connect, m)?)?;
+    m.add_function(wrap_pyfunction!(_run_store, m)?)?;
     m.add_class::<PyObjectId>()?;
     m.add_class::<PlasmaClient>()?;
     m.add_class::<PlasmaMemory>()?;

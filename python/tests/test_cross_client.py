@@ -89,8 +89,8 @@ def test_pyarrow11_reads_what_we_write(store, pa11):
     client.create_and_seal(b, b"", b"only metadata")
     expected[b] = (b"", b"only metadata")
 
-    c = plasma.ObjectID.from_random()  # large: the digest hashes it in parts
-    data_c = rng.integers(0, 256, 3 * (1 << 20) + 7, dtype=np.uint8).tobytes()
+    c = plasma.ObjectID.from_random()  # large: copied and hashed in parts, on threads
+    data_c = rng.integers(0, 256, 9 * (1 << 20) + 7, dtype=np.uint8).tobytes()
     client.put_raw_buffer(data_c, object_id=c, metadata=b"big")
     expected[c] = (data_c, b"big")
 

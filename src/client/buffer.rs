@@ -9,7 +9,7 @@ use std::sync::Arc;
 use super::memory::{MutRegion, Region};
 use super::state::split;
 use super::{Error, Shared};
-use crate::digest::copy_and_digest;
+use crate::digest::copy_and_digest_prepared;
 use crate::protocol::{Digest, ObjectId};
 
 /// Keeps the shared memory under a buffer mapped for as long as it lives, whatever happens to
@@ -63,7 +63,14 @@ pub struct MutableBuffer {
     /// The digest of the current contents, when [`MutableBuffer::write_all`] computed it
     /// while copying (any other write access forgets it).
     digest: Option<Digest>,
+    /// Whether the first write access happened (large objects are faulted in then).
+    touched: bool,
 }
+
+/// Objects of at least this many data bytes have their pages faulted in on the first write
+/// access ([`Region::populate_write`]); below it one madvise costs more than the faults it
+/// saves.
+const POPULATE_THRESHOLD: usize = 4 << 20;
 
 impl MutableBuffer {
     pub(super) fn new(
@@ -81,6 +88,7 @@ impl MutableBuffer {
             region,
             data_len,
             digest: None,
+            touched: false,
         }
     }
 
@@ -98,6 +106,13 @@ impl MutableBuffer {
     /// The data bytes, writable.
     pub fn data_mut(&mut self) -> &mut [u8] {
         self.digest = None;
+        if !self.touched {
+            self.touched = true;
+            if self.data_len >= POPULATE_THRESHOLD {
+                // Fresh memory is faulted in by one call rather than page by page.
+                self.region.populate_write();
+            }
+        }
         let bytes = self.region.bytes_mut();
         let n = self.data_len.min(bytes.len());
         &mut bytes[..n]
@@ -106,13 +121,23 @@ impl MutableBuffer {
     /// Copies `src` into the data (the first `min(src.len(), data length)` bytes), with up to
     /// `threads` threads for large copies, computing the object's digest in the same pass, so
     /// that [`MutableBuffer::seal`] need not read the data again.
+    ///
+    /// Large data is faulted in part by part, each part by the thread that copies it.
     pub fn write_all(&mut self, src: &[u8], threads: usize) {
         let data_len = self.data_len;
+        let populate = !self.touched && data_len >= POPULATE_THRESHOLD;
+        self.touched = true;
+        let view = self.region.view();
+        let prepare = move |offset: usize, len: usize| {
+            if populate {
+                view.populate_write(offset, offset + len);
+            }
+        };
         let bytes = self.region.bytes_mut();
         let split = data_len.min(bytes.len());
         let (data, metadata) = bytes.split_at_mut(split);
         let complete = src.len() >= data.len();
-        let digest = copy_and_digest(data, src, metadata, threads);
+        let digest = copy_and_digest_prepared(data, src, metadata, threads, &prepare);
         // A short source leaves the rest of the data as it was: the digest must cover it too.
         self.digest = complete.then_some(digest);
     }

@@ -18,10 +18,6 @@ use crate::protocol::{
     BatchObject, Digest, MessageType, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
 
-/// Creates of at least this many bytes have their pages faulted in before they are written
-/// ([`MutRegion::populate_write`]); below it one madvise costs more than the faults it saves.
-const POPULATE_THRESHOLD: u64 = 4 << 20;
-
 /// What [`Inner::get`] found for one requested id: the object's bytes (data then metadata)
 /// and the data length.
 pub type Found = (ObjectId, Region, usize);
@@ -247,10 +243,6 @@ impl Inner {
             ))
         })?;
         let data_len = usize::try_from(data_size).map_err(|_| bad("data size"))?;
-        if total >= POPULATE_THRESHOLD {
-            // Fresh memory is faulted in one call rather than page by page during the write.
-            region.populate_write();
-        }
         if let Some(dst) = region.bytes_mut().get_mut(data_len..) {
             dst.copy_from_slice(metadata);
         }

@@ -40,6 +40,17 @@ pub(super) enum CreateRequest {
 }
 
 impl CreateRequest {
+    /// Payload bytes the request carries (create-and-seal), held while it waits.
+    fn inline_bytes(&self) -> u64 {
+        match self {
+            CreateRequest::Create { .. } => 0,
+            CreateRequest::Seal { objects, .. } => objects
+                .iter()
+                .map(|b| (b.data.len() + b.metadata.len()) as u64)
+                .sum(),
+        }
+    }
+
     /// A short description for the log.
     fn describe(&self) -> String {
         match self {
@@ -140,9 +151,17 @@ impl Store {
                 Err(Refusal::Full) => self.create_queue.freed = false,
             }
         }
-        let queued = self.clients.get(&client).map_or(0, |c| c.creates);
-        if queued >= self.max_pending_gets {
-            warn!("client {client} has {queued} creates waiting already; refusing this one");
+        let (queued, held) = self
+            .clients
+            .get(&client)
+            .map_or((0, 0), |c| (c.creates, c.create_bytes));
+        let bytes = request.inline_bytes();
+        if queued >= self.max_pending_gets || held.saturating_add(bytes) > self.capacity {
+            // A create-and-seal waits with its payload: bound what one client parks here.
+            warn!(
+                "client {client} has {queued} creates ({held} bytes) waiting already; refusing \
+                 this one"
+            );
             return refuse(client, &request, PlasmaError::OutOfMemory, out);
         }
         let id = self.next_get;
@@ -152,6 +171,7 @@ impl Store {
         }
         if let Some(c) = self.clients.get_mut(&client) {
             c.creates += 1;
+            c.create_bytes += bytes;
         }
         debug!(
             "client {client}: create waits for memory ({} waiting)",
@@ -168,18 +188,17 @@ impl Store {
             return;
         }
         while let Some((id, w)) = self.create_queue.waiting.pop_first() {
-            match self.attempt_create(w.client, &w.request, out) {
+            let (client, bytes) = (w.client, w.request.inline_bytes());
+            match self.attempt_create(client, &w.request, out) {
                 Err(Refusal::Full) => {
                     self.create_queue.waiting.insert(id, w);
                     break;
                 }
-                Err(Refusal::Error(e)) => refuse(w.client, &w.request, e, out),
-                Err(Refusal::NeverFits) => self.give_up(w.client, w.request, out),
+                Err(Refusal::Error(e)) => refuse(client, &w.request, e, out),
+                Err(Refusal::NeverFits) => self.give_up(client, w.request, out),
                 Ok(()) => {}
             }
-            if let Some(c) = self.clients.get_mut(&w.client) {
-                c.creates = c.creates.saturating_sub(1);
-            }
+            self.unqueued(client, bytes);
         }
         // What the failed attempt itself evicted is already accounted for.
         self.create_queue.freed = false;
@@ -190,13 +209,19 @@ impl Store {
         let Some(w) = self.create_queue.waiting.remove(&id) else {
             return false;
         };
-        if let Some(c) = self.clients.get_mut(&w.client) {
-            c.creates = c.creates.saturating_sub(1);
-        }
+        self.unqueued(w.client, w.request.inline_bytes());
         // The head may have been the one blocking the others.
         self.create_queue.freed = true;
         self.give_up(w.client, w.request, out);
         true
+    }
+
+    /// Takes a create that left the queue off its client's counts.
+    fn unqueued(&mut self, client: ClientId, bytes: u64) {
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.creates = c.creates.saturating_sub(1);
+            c.create_bytes = c.create_bytes.saturating_sub(bytes);
+        }
     }
 
     /// Forgets the waiting creates of a client that went away.

@@ -154,6 +154,8 @@ impl Store {
             if self.external.is_none() {
                 self.delete_now(id, out);
                 freed += size;
+                self.counters.evicted_objects += 1;
+                self.counters.evicted_bytes += size;
                 continue;
             }
             let Some((segment, offset)) = self.objects.get(&id).map(|o| (o.segment, o.offset))
@@ -177,7 +179,13 @@ impl Store {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.state = State::Evicted;
             }
+            if segment == SEGMENT_ID {
+                self.persist_delete(id);
+            }
             freed += size;
+            self.counters.evicted_objects += 1;
+            self.counters.evicted_bytes += size;
+            self.counters.spilled_bytes += size;
         }
         if freed > 0 {
             self.create_queue.freed = true;
@@ -201,7 +209,12 @@ impl Store {
             }
             None => return false,
         };
-        let Some(offset) = self.allocate(size, true, out) else {
+        // Shared memory first (evicting others), else the fallback tier.
+        let placed = match self.allocate(size, true, out) {
+            Some(offset) => Some((SEGMENT_ID, offset)),
+            None => self.fallback.as_mut().and_then(|f| f.alloc(size)),
+        };
+        let Some((segment, offset)) = placed else {
             warn!("no memory to restore {id} from the external store");
             if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, bytes)) {
                 error!("cannot put {id} back into the external store: {e}; the object is gone");
@@ -209,14 +222,20 @@ impl Store {
             }
             return false;
         };
-        if let Err(e) = self.segment.write(offset, &bytes) {
+        let written = match self.segment_by_id(segment) {
+            Some(seg) => seg.write(offset, &bytes),
+            None => Err(std::io::Error::other("no such segment")),
+        };
+        if let Err(e) = written {
             warn!("restoring {id}: {e}");
         }
         if let Some(o) = self.objects.get_mut(&id) {
             o.state = State::Sealed;
-            o.segment = SEGMENT_ID;
+            o.segment = segment;
             o.offset = offset;
         }
+        self.counters.restored_bytes += size;
+        self.persist_seals(&[id]);
         true
     }
     /// Puts an object at the young end of its list (its owner's or the global one).

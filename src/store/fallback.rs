@@ -87,20 +87,21 @@ impl Fallback {
             );
             return None;
         }
-        let (index, offset) = match self
+        let found = self
             .segments
             .iter_mut()
             .enumerate()
-            .find_map(|(i, s)| s.arena.alloc(len).map(|o| (i, o)))
-        {
+            .find_map(|(i, s)| s.arena.alloc(len).map(|o| (i, o)));
+        let grown = found.is_none();
+        let (index, offset) = match found {
             Some(found) => found,
             None => {
                 let i = self.grow(len)?;
-                let offset = self.segments[i].arena.alloc(len)?;
+                let offset = self.segments.get_mut(i)?.arena.alloc(len)?;
                 (i, offset)
             }
         };
-        let s = &mut self.segments[index];
+        let s = self.segments.get_mut(index)?;
         if let Err(e) = reserve(&s.segment, offset, len) {
             warn!(
                 "fallback tier: cannot reserve {len} bytes in {}: {e}; replying PlasmaStoreFull",
@@ -108,6 +109,11 @@ impl Fallback {
             );
             if let Err(e) = s.arena.free(offset) {
                 warn!("fallback tier: freeing {offset}: {e}");
+            }
+            if grown {
+                // Made for this object and seen by no client: not kept, so that failing
+                // requests of ever larger sizes cannot pile up segments.
+                self.segments.pop();
             }
             return None;
         }
@@ -139,9 +145,13 @@ impl Fallback {
     }
 
     /// Bytes reserved for objects.
-    #[cfg(test)]
     pub(super) fn allocated(&self) -> u64 {
         self.allocated
+    }
+
+    /// Number of fallback segments (files) open.
+    pub(super) fn segments(&self) -> usize {
+        self.segments.len()
     }
 
     /// Makes a new segment with room for a block of `len` bytes; returns its index.

@@ -15,6 +15,7 @@
 mod create_queue;
 mod eviction;
 mod fallback;
+mod persisted;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -31,10 +32,12 @@ use log::{debug, warn};
 
 use crate::arena::Arena;
 use crate::external::ExternalStore;
-use crate::pulls::Pulls;
+use crate::metrics::StoreCounters;
+use crate::persist::{Persist, PersistConfig};
 use crate::protocol::{
     BatchObject, Digest, ObjectId, ObjectInfo, ObjectSpec, PlasmaError, Reply, Request,
 };
+use crate::pulls::Pulls;
 use crate::shm::{SEGMENT_BASE, Segment, SegmentOptions};
 
 use create_queue::{CreateQueue, CreateRequest, Refusal};
@@ -82,6 +85,8 @@ pub struct StoreConfig {
     pub fallback_dir: Option<PathBuf>,
     /// Most bytes of objects in the fallback tier (`--fallback-limit`).
     pub fallback_limit: Option<u64>,
+    /// `--persist DIR`: keep the segment and a record of its sealed objects in a directory.
+    pub persist: Option<PersistConfig>,
 }
 
 impl StoreConfig {
@@ -96,6 +101,7 @@ impl StoreConfig {
             create_wait: Duration::ZERO,
             fallback_dir: None,
             fallback_limit: None,
+            persist: None,
         }
     }
 }
@@ -115,6 +121,8 @@ struct ClientState {
     quota: Option<Quota>,
     /// Its creates waiting for memory.
     creates: usize,
+    /// Payload bytes of its create-and-seals waiting for memory.
+    create_bytes: u64,
 }
 
 /// A get request that is waiting for objects to be sealed.
@@ -170,10 +178,14 @@ pub struct Store {
     pinned_bytes: u64,
     /// Quota-owned objects some client holds.
     owned_pinned: usize,
+    /// Eviction and external-store figures, for the metrics page.
+    counters: StoreCounters,
     /// Creates waiting for memory.
     create_queue: CreateQueue,
     /// Disk-backed segments for objects shared memory cannot hold.
     fallback: Option<Fallback>,
+    /// The record of sealed objects kept with `--persist`.
+    persist: Option<Persist>,
 }
 
 fn unix_now() -> i64 {
@@ -206,14 +218,29 @@ impl Store {
             .map(|e| ExternalStore::open(e, config.spill_limit))
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let segment = Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
-        let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
+        let (segment, arena, persist, recovered) = match &config.persist {
+            None => {
+                let segment =
+                    Segment::create(SEGMENT_ID, segment_len(config.capacity), &config.segment)?;
+                let arena = Arena::new(SEGMENT_BASE, segment.usable_len());
+                (segment, arena, None, None)
+            }
+            Some(p) => {
+                let o = crate::persist::open(p, SEGMENT_ID, config.capacity, segment_len)?;
+                (
+                    o.segment,
+                    o.arena,
+                    Some(o.persist),
+                    Some((o.objects, o.verified)),
+                )
+            }
+        };
         let fallback = config
             .fallback_dir
             .clone()
             .map(|dir| Fallback::new(dir, config.fallback_limit, SEGMENT_ID + 1))
             .transpose()?;
-        Ok(Store {
+        let mut store = Store {
             capacity: config.capacity,
             max_pending_gets: config.max_pending_gets,
             segment,
@@ -231,9 +258,15 @@ impl Store {
             external,
             pinned_bytes: 0,
             owned_pinned: 0,
+            counters: StoreCounters::default(),
             create_queue: CreateQueue::new(config.create_wait),
             fallback,
-        })
+            persist,
+        };
+        if let Some((objects, verified)) = recovered {
+            store.adopt(objects, verified);
+        }
+        Ok(store)
     }
 
     /// The shared-memory segment with this id, to send its fd.
@@ -280,6 +313,40 @@ impl Store {
             references: self.objects.values().map(|o| u64::from(o.ref_count)).sum(),
             pending_gets: self.gets.len(),
         }
+    }
+
+    /// The capacity (`-m`).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Eviction and external-store counters.
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
+    }
+
+    /// Objects created and not sealed, and sealed ones (in memory or evicted to the
+    /// external store). Counts the table: for scrapes, not for the hot path (a scrape of a
+    /// store holding a million objects took about 10 ms, 100,000 objects 0.5 ms).
+    pub fn objects_by_state(&self) -> (usize, usize) {
+        let created = self
+            .objects
+            .values()
+            .filter(|o| o.state == State::Created)
+            .count();
+        (created, self.objects.len() - created)
+    }
+
+    /// Creates waiting for memory (`--create-wait`).
+    pub fn waiting_creates(&self) -> usize {
+        self.create_queue.len()
+    }
+
+    /// Bytes reserved for objects in the fallback tier, and its segments (`--fallback-dir`).
+    pub fn fallback_usage(&self) -> (u64, usize) {
+        self.fallback
+            .as_ref()
+            .map_or((0, 0), |f| (f.allocated(), f.segments()))
     }
 
     /// The remote pulls asked of the gateway (for metrics).
@@ -618,6 +685,7 @@ impl Store {
                 ref_count: 0,
                 owner,
                 lru_seq: None,
+                unverified: false,
             },
         );
         if owner.is_some() {
@@ -675,6 +743,10 @@ impl Store {
             o.digest = Some(b.digest);
             o.construct_duration = 0;
             infos.push(seal_info(b.object_id, o));
+        }
+        if self.persist.is_some() {
+            let ids: Vec<ObjectId> = objects.iter().map(|b| b.object_id).collect();
+            self.persist_seals(&ids);
         }
         out.notify(&infos);
         for b in objects {
@@ -735,6 +807,7 @@ impl Store {
         o.construct_duration =
             i32::try_from(unix_now().saturating_sub(o.create_time)).unwrap_or(i32::MAX);
         let info = seal_info(object_id, o);
+        self.persist_seals(&[object_id]);
         out.notify(&[info]);
         self.wake_waiters(object_id, out);
         PlasmaError::Ok
@@ -757,6 +830,9 @@ impl Store {
             let mut state = self.objects.get(id).map(|o| o.state);
             if state == Some(State::Evicted) && self.restore(*id, out) {
                 state = Some(State::Sealed);
+            }
+            if state == Some(State::Sealed) && !self.recovered_intact(*id, out) {
+                state = None;
             }
             match (state, self.objects.get(id)) {
                 (Some(State::Sealed), Some(o)) => {
@@ -803,9 +879,12 @@ impl Store {
         }
         if self.pulls.registered() {
             let objects = &self.objects;
-            let misses = self
-                .pulls
-                .take_misses(missing.iter().copied().filter(|id| !objects.contains_key(id)));
+            let misses = self.pulls.take_misses(
+                missing
+                    .iter()
+                    .copied()
+                    .filter(|id| !objects.contains_key(id)),
+            );
             if !misses.is_empty() {
                 out.gateway_miss(&misses);
             }
@@ -1035,6 +1114,9 @@ impl Store {
             return true;
         }
         self.free_block(object_id, o.segment, o.offset, o.size());
+        if o.state == State::Sealed && o.segment == SEGMENT_ID {
+            self.persist_delete(object_id);
+        }
         true
     }
 }

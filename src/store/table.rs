@@ -39,6 +39,9 @@ pub(super) struct Object {
     pub(super) owner: Option<u32>,
     /// Position in its LRU list (the owner's, or the global one).
     pub(super) lru_seq: Option<u64>,
+    /// Recovered by `--persist` after a restart, its digest not checked yet (checked on the
+    /// first get).
+    pub(super) unverified: bool,
 }
 
 impl Object {

@@ -915,6 +915,12 @@ fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
     );
     assert!(s.segment_fd(store_fd).is_some());
     assert_eq!(events[1..], [Event::Segment(0, store_fd)]);
+    // Its disk blocks (two pages) are reserved before the reply.
+    let blocks = |s: &Store| {
+        let fd = s.segment_fd(store_fd).expect("fd");
+        nix::sys::stat::fstat(fd).expect("fstat").st_blocks * 512
+    };
+    assert!(blocks(&s) >= 8192);
     seal(&mut s, &mut rec, 0, oid(1));
     // Over the limit (two pages used of three): PlasmaStoreFull, nothing reserved.
     assert!(matches!(
@@ -958,6 +964,8 @@ fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
         },
     );
     assert_eq!(s.fallback.as_ref().map(|f| f.allocated()), Some(0));
+    // The hole is punched: the file keeps its size but holds no blocks.
+    assert_eq!(blocks(&s), 0);
     let Reply::Create {
         store_fd: again,
         error: PlasmaError::Ok,
@@ -970,4 +978,108 @@ fn objects_shared_memory_cannot_hold_go_to_a_fallback_segment() {
     s.assert_consistent();
     // The directory is empty all along: the files are unlinked at once.
     assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}
+
+#[test]
+fn fallback_objects_are_evicted_spilled_and_restored_like_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = StoreConfig::new(1000);
+    config.fallback_dir = Some(dir.path().to_path_buf());
+    config.external_store = Some("hashtable://fallback-test".into());
+    let mut s = Store::new(&config).expect("store");
+    s.connect(0);
+    let mut rec = Rec::default();
+    // A create-and-seal larger than shared memory: written into the fallback tier.
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let r = req(
+        &mut s,
+        &mut rec,
+        0,
+        Request::CreateAndSeal {
+            object_id: oid(1),
+            evict_if_full: true,
+            data: data.clone(),
+            metadata: b"m".to_vec(),
+            digest: [3; 8],
+        },
+    );
+    assert_eq!(
+        r,
+        Reply::CreateAndSeal {
+            error: PlasmaError::Ok
+        }
+    );
+    let fallback_bytes = |s: &Store| s.fallback.as_ref().map(|f| f.allocated());
+    assert_eq!(fallback_bytes(&s), Some(8192));
+    // Unheld, so in the LRU list: an eviction spills it and frees its fallback blocks.
+    let r = req(&mut s, &mut rec, 0, Request::Evict { num_bytes: 1 });
+    assert_eq!(r, Reply::Evict { num_bytes: 5001 });
+    assert_eq!(fallback_bytes(&s), Some(0));
+    // A get restores it (it cannot fit in shared memory: into the fallback tier again).
+    get(&mut s, &mut rec, 0, &[oid(1)], 0);
+    let Reply::Get { objects, .. } = rec.last_reply() else {
+        panic!("get reply");
+    };
+    let spec = objects[0].expect("restored");
+    assert_ne!(spec.segment_index, SEGMENT_ID);
+    let seg = s.segment_by_id(spec.segment_index).expect("segment");
+    let mut back = vec![0u8; 5001];
+    seg.read(spec.data_offset, &mut back).expect("read");
+    assert_eq!(&back[..5000], &data[..]);
+    assert_eq!(back[5000], b'm');
+    s.assert_consistent();
+}
+
+#[test]
+fn waiting_create_and_seals_hold_at_most_the_capacity_per_client() {
+    let mut s = waiting_store(1000, 60_000);
+    let mut rec = Rec::default();
+    let now = Instant::now();
+    create(&mut s, &mut rec, 0, oid(1), 800);
+    let cs = |id, n| Request::CreateAndSeal {
+        object_id: id,
+        evict_if_full: true,
+        data: vec![5; n],
+        metadata: vec![],
+        digest: [0; 8],
+    };
+    // 600 bytes wait; another 600 would park 1200 bytes of payload: refused at once.
+    s.handle(1, cs(oid(2), 600), now, &mut rec);
+    assert_eq!(rec.take(), vec![]);
+    s.handle(1, cs(oid(3), 600), now, &mut rec);
+    assert_eq!(
+        rec.take(),
+        vec![Event::Reply(
+            1,
+            Reply::CreateAndSeal {
+                error: PlasmaError::OutOfMemory
+            }
+        )]
+    );
+    // The creator aborts: the waiting one is served.
+    s.handle(0, Request::Abort { object_id: oid(1) }, now, &mut rec);
+    s.handle(1, cs(oid(4), 100), now, &mut rec);
+    let replies: Vec<_> = rec
+        .take()
+        .into_iter()
+        .filter(|e| matches!(e, Event::Reply(1, _)))
+        .collect();
+    assert_eq!(
+        replies,
+        vec![
+            Event::Reply(
+                1,
+                Reply::CreateAndSeal {
+                    error: PlasmaError::Ok
+                }
+            ),
+            Event::Reply(
+                1,
+                Reply::CreateAndSeal {
+                    error: PlasmaError::Ok
+                }
+            )
+        ]
+    );
+    s.assert_consistent();
 }

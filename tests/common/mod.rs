@@ -91,6 +91,19 @@ impl Store {
         std::fs::read_to_string(self.dir.path().join("store.log")).unwrap_or_default()
     }
 
+    /// Kills the store with SIGKILL, as a crash would, and waits until it is gone. Returns
+    /// what it logged.
+    pub fn kill(mut self) -> String {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("the store died during the test: {status}\n{}", self.log());
+            }
+            child.kill().expect("SIGKILL");
+            child.wait().expect("wait");
+        }
+        self.log()
+    }
+
     /// Checks that the store is still running (no request of the test crashed it), then
     /// stops it with SIGTERM and checks that it exits cleanly.
     pub fn stop(mut self) {

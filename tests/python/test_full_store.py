@@ -249,3 +249,39 @@ def test_client_mappings_stay_bounded_after_10000_fallback_objects():
             assert open(log).read().count("fallback tier: segment") == 1
             client.disconnect()
         assert listdir_now(fdir) == []
+
+
+HUGE_PAGES_SEEN = """
+    import sys
+    import numpy as np
+    import pyarrow.plasma as plasma
+    client = plasma.connect(sys.argv[1])
+    oid = plasma.ObjectID(b"h" * 20)
+    buf = client.create(oid, 32 << 20)
+    np.frombuffer(buf, dtype=np.uint8)[:] = 1
+    client.seal(oid)
+    # kB of this process's shared mappings backed by 2 MiB pages (the segment's).
+    pmd = 0
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            if line.startswith("ShmemPmdMapped:"):
+                pmd = max(pmd, int(line.split()[1]))
+    print(pmd)
+"""
+
+
+def test_a_segment_on_a_huge_always_tmpfs_reaches_clients_as_huge_pages():
+    """-d on a tmpfs mounted huge=always (the README's recipe): pyarrow 11's mapping of the
+    segment is made of 2 MiB pages (whether the warm-up or the client's writes brought them)."""
+    with tempfile.TemporaryDirectory() as mnt:
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "huge=always,size=96M", "tmpfs",
+                               mnt])
+        if done.returncode != 0:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        try:
+            with daemon("-m", str(64 * MB), "-d", mnt) as (sock, log):
+                out, err = start_client(HUGE_PAGES_SEEN, sock).communicate(timeout=60)
+                assert int(out) >= 32 * 1024, err
+            assert listdir_now(mnt) == []
+        finally:
+            subprocess.run(["umount", mnt], check=True)
