@@ -27,8 +27,8 @@ export PLASMA_REQUIRE_REFERENCE=1
 step "generated FlatBuffers code is current"
 FLATC="$VENV/bin/flatc" scripts/regen-flatbuffers.sh --check
 
-step "cargo test (our daemon)"
-cargo test -p plasma-store --all-targets
+step "cargo test (the daemon and plasmactl; the gateway's unit tests run in release with its own tests)"
+cargo test -p plasma-store -p plasmactl --all-targets
 
 step "tests/client.rs against the reference daemon ($REFERENCE)"
 PLASMA_STORE_BIN="$REFERENCE" cargo test --test client
