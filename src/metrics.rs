@@ -119,15 +119,15 @@ pub struct Snapshot {
 impl Snapshot {
     /// Reads the figures of `store`, `clients` connections and the server's `counters`.
     pub fn collect(store: &Store, clients: usize, counters: &ServerCounters) -> Snapshot {
+        // Every figure here is O(1): a scrape must not walk the object table.
         let (created, sealed) = store.objects_by_state();
-        let stats = store.stats();
         Snapshot {
             capacity_bytes: store.capacity(),
-            used_bytes: stats.allocated,
+            used_bytes: store.used_bytes(),
             created_objects: created as u64,
             sealed_objects: sealed as u64,
             clients: clients as u64,
-            waiting_gets: stats.pending_gets as u64,
+            waiting_gets: store.waiting_gets() as u64,
             requests: MessageType::ALL
                 .iter()
                 .chain(&MessageType::EXTENSIONS)

@@ -70,7 +70,7 @@ impl Store {
             warn!("client {client}: its quota is full and the create may not evict");
             return Err(PlasmaError::OutOfMemory);
         }
-        let victims = choose_victims(&mut quota.lru, &mut self.objects, size - remaining);
+        let victims = choose_victims(&mut quota.lru, &mut self.objects, size - remaining, None);
         let mut evict = Vec::new();
         for (id, size) in victims {
             self.disown(id);
@@ -112,7 +112,9 @@ impl Store {
             // that a run of creates does not evict one object at a time.
             let required = (self.arena.allocated_bytes() + size).saturating_sub(self.capacity);
             let target = required.max(self.capacity / 5);
-            let victims = choose_victims(&mut self.lru, &mut self.objects, target);
+            // Only objects in shared memory free shared memory: fallback objects stay.
+            let victims =
+                choose_victims(&mut self.lru, &mut self.objects, target, Some(SEGMENT_ID));
             info!(
                 "there is not enough space to create this object, so evicting {} objects to free \
                  up {} bytes; {} bytes are in use",
@@ -381,23 +383,31 @@ pub(super) fn choose_victims(
     lru: &mut Lru,
     objects: &mut ObjectTable,
     target: u64,
+    only_segment: Option<i32>,
 ) -> Vec<(ObjectId, u64)> {
     let mut victims = Vec::new();
     let mut sum = 0;
+    // Objects passed over (in another segment), put back in place afterwards.
+    let mut skipped = Vec::new();
     while sum < target {
-        let Some((_, index)) = lru.order.pop_first() else {
+        let Some((seq, index)) = lru.order.pop_first() else {
             break;
         };
         let Some(id) = objects.id_at(index) else {
             continue;
         };
         if let Some(o) = objects.get_mut(&id) {
+            if only_segment.is_some_and(|s| s != o.segment) {
+                skipped.push((seq, index));
+                continue;
+            }
             o.lru_seq = None;
             lru.bytes = lru.bytes.saturating_sub(o.size());
             sum += o.size();
             victims.push((id, o.size()));
         }
     }
+    lru.order.extend(skipped);
     lru.evictions += victims.len() as u64;
     lru.bytes_evicted += sum;
     victims

@@ -110,10 +110,15 @@ impl Fallback {
             if let Err(e) = s.arena.free(offset) {
                 warn!("fallback tier: freeing {offset}: {e}");
             }
+            // Whatever the failed fallocate did allocate (ext4 keeps a partial allocation on
+            // ENOSPC) goes back to the disk.
+            punch(&s.segment, offset, len);
             if grown {
-                // Made for this object and seen by no client: not kept, so that failing
-                // requests of ever larger sizes cannot pile up segments.
+                // Made for this object and seen by no client: not kept, and its id is used
+                // again, so that failing requests of ever larger sizes pile up neither
+                // segments nor ids.
                 self.segments.pop();
+                self.next_id -= 1;
             }
             return None;
         }
@@ -133,15 +138,7 @@ impl Fallback {
         }
         let len = pages(size).unwrap_or(0);
         self.allocated = self.allocated.saturating_sub(len);
-        let punched = fallocate(
-            s.segment.fd(),
-            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
-            offset as i64,
-            len as i64,
-        );
-        if let Err(e) = punched {
-            warn!("fallback tier: cannot punch a hole at {offset} in segment {id}: {e}");
-        }
+        punch(&s.segment, offset, len);
     }
 
     /// Bytes reserved for objects.
@@ -183,6 +180,26 @@ impl Fallback {
         self.next_id += 1;
         self.segments.push(FallbackSegment { segment, arena });
         Some(self.segments.len() - 1)
+    }
+}
+
+/// Gives the disk blocks of `[offset, offset + len)` back (the file keeps its size, so client
+/// mappings stay valid).
+fn punch(segment: &Segment, offset: u64, len: u64) {
+    let (Ok(at), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    let punched = fallocate(
+        segment.fd(),
+        FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+        at,
+        n,
+    );
+    if let Err(e) = punched {
+        warn!(
+            "fallback tier: cannot punch a hole at {offset} in segment {}: {e}",
+            segment.id()
+        );
     }
 }
 

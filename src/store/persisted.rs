@@ -117,9 +117,11 @@ impl Store {
         };
         o.unverified = false;
         let record = seal_record(object_id, o);
-        let intact = match self.persist.as_ref() {
-            Some(p) => p.verify(&record, &self.segment),
-            None => true,
+        // A restore from the external store may have put it in a fallback segment.
+        let segment = o.segment;
+        let intact = match (self.persist.as_ref(), self.segment_by_id(segment)) {
+            (Some(p), Some(seg)) => p.verify(&record, seg),
+            _ => true,
         };
         if !intact {
             self.delete_now(object_id, out);

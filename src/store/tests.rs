@@ -698,6 +698,12 @@ impl Store {
             .filter(|o| o.ref_count > 0 && o.owner.is_some())
             .count();
         assert_eq!(self.owned_pinned, owned_pinned, "owned pinned");
+        let created = self
+            .objects
+            .values()
+            .filter(|o| o.state == State::Created)
+            .count();
+        assert_eq!(self.created_objects, created, "created objects");
         let allocated: u64 = self
             .objects
             .values()
@@ -1082,4 +1088,112 @@ fn waiting_create_and_seals_hold_at_most_the_capacity_per_client() {
         ]
     );
     s.assert_consistent();
+}
+
+#[test]
+fn fallback_objects_are_not_evicted_to_make_room_in_shared_memory() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut s = fallback_store(10_000, dir.path(), None);
+    let mut rec = Rec::default();
+    // oid(1): larger than -m, lives in the fallback tier, sealed and unheld (in the LRU).
+    put(&mut s, &mut rec, 0, oid(1), 20_000);
+    assert_eq!(s.fallback_usage().0, 20_480);
+    // oid(2): fills shared memory and stays held by client 1.
+    put(&mut s, &mut rec, 1, oid(2), 9_000);
+    get(&mut s, &mut rec, 1, &[oid(2)], 0);
+    rec.take();
+    // A create of 5000 bytes (evict_if_full) by client 2 cannot fit in shared memory either way.
+    let r = create(&mut s, &mut rec, 2, oid(3), 5_000);
+    assert!(matches!(r, Reply::Create { .. }), "{r:?}");
+    let ids: Vec<ObjectId> = ids_in_store(&mut s, &mut rec)
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert!(
+        ids.contains(&oid(1)),
+        "the fallback object was deleted, freeing no shared memory"
+    );
+}
+
+#[test]
+fn a_recovered_object_restored_into_the_fallback_tier_is_checked_in_its_own_segment() {
+    let pdir = tempfile::tempdir().expect("tempdir");
+    let fdir = tempfile::tempdir().expect("tempdir");
+    let data: Vec<u8> = (0..5000u32).map(|i| (i * 13 % 251) as u8).collect();
+    let digest = crate::digest::object_digest(&data, &[]);
+    {
+        let mut config = StoreConfig::new(10_000);
+        config.persist = Some(crate::persist::PersistConfig::new(pdir.path()));
+        let mut s = Store::new(&config).expect("store");
+        s.connect(0);
+        let mut rec = Rec::default();
+        let r = req(
+            &mut s,
+            &mut rec,
+            0,
+            Request::CreateAndSeal {
+                object_id: oid(1),
+                evict_if_full: true,
+                data: data.clone(),
+                metadata: vec![],
+                digest,
+            },
+        );
+        assert_eq!(
+            r,
+            Reply::CreateAndSeal {
+                error: PlasmaError::Ok
+            }
+        );
+    }
+    let mut config = StoreConfig::new(10_000);
+    config.persist = Some(crate::persist::PersistConfig::new(pdir.path()));
+    config.fallback_dir = Some(fdir.path().to_path_buf());
+    config.external_store = Some("hashtable://review-recovered".into());
+    let mut s = Store::new(&config).expect("store");
+    for c in 0..4 {
+        s.connect(c);
+    }
+    let mut rec = Rec::default();
+    // The recovered object (not yet verified) is evicted to the external store...
+    let r = req(&mut s, &mut rec, 0, Request::Evict { num_bytes: 1 });
+    assert_eq!(r, Reply::Evict { num_bytes: 5000 });
+    // ...shared memory fills with a held object...
+    put(&mut s, &mut rec, 1, oid(2), 9_000);
+    get(&mut s, &mut rec, 1, &[oid(2)], 0);
+    rec.take();
+    // ...so a get restores it into the fallback tier. Its bytes are intact there.
+    get(&mut s, &mut rec, 0, &[oid(1)], 0);
+    let Reply::Get { objects, .. } = rec.last_reply() else {
+        panic!("get reply")
+    };
+    assert!(
+        objects[0].is_some(),
+        "the restored, intact object was dropped by the digest check"
+    );
+}
+
+#[test]
+fn deadlines_of_clients_that_went_away_do_not_pile_up() {
+    let mut s = store(10_000);
+    let mut rec = Rec::default();
+    s.connect(0);
+    // One live get with the earliest deadline keeps the heap's top alive...
+    get(&mut s, &mut rec, 0, &[oid(200)], 60_000);
+    // ...while clients park gets with later deadlines and go away.
+    for c in 1..=50 {
+        s.connect(c);
+        for i in 0..20u8 {
+            get(&mut s, &mut rec, c, &[oid(i)], 3_600_000);
+        }
+        s.disconnect(c, &mut rec);
+        let _ = s.next_deadline();
+    }
+    assert_eq!(s.gets.len(), 1);
+    assert!(
+        s.deadlines.len() <= 2 * s.gets.len() + 64 + 20,
+        "{} deadlines kept for one live get",
+        s.deadlines.len()
+    );
+    assert!(s.next_deadline().is_some(), "the live get's deadline stays");
 }
