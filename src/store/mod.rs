@@ -212,12 +212,6 @@ impl Store {
                 "the capacity must be at least 1 byte",
             ));
         }
-        let external = config
-            .external_store
-            .as_deref()
-            .map(|e| ExternalStore::open(e, config.spill_limit))
-            .transpose()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let (segment, arena, persist, recovered) = match &config.persist {
             None => {
                 let segment =
@@ -235,6 +229,17 @@ impl Store {
                 )
             }
         };
+        // After the --persist directory is locked (and made): a spill directory inside it is
+        // part of it.
+        let external = config
+            .external_store
+            .as_deref()
+            .map(|e| {
+                let persist = persist.as_ref().map(|p: &Persist| (p.dir(), p.syncs()));
+                ExternalStore::open_for(e, config.spill_limit, persist)
+            })
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let fallback = config
             .fallback_dir
             .clone()
@@ -1108,6 +1113,9 @@ impl Store {
         }
         self.deferred_deletes.remove(&object_id);
         if o.state == State::Evicted {
+            if self.spill_persists() {
+                self.persist_delete(object_id);
+            }
             if let Some(e) = self.external.as_mut() {
                 e.remove(object_id);
             }
