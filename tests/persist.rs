@@ -758,3 +758,35 @@ fn a_spill_tier_outside_the_directory_is_not_kept() {
     }
     store.stop();
 }
+
+#[test]
+fn a_store_killed_after_a_restore_is_recorded_but_before_its_file_goes_keeps_the_object() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    let s = *spilled_of(dir.path(), N).iter().min().expect("spilled");
+    let file = spill_dir(dir.path()).join(oid(s).hex());
+    let aside = dir.path().join("aside");
+    std::fs::copy(&file, &aside).expect("copy");
+    // Restored: its new seal record written, then its file removed.
+    assert_spill_intact(&store, s);
+    assert!(!file.exists());
+    drop(c);
+    store.kill();
+    // As if the store had been killed between the two: the record and the file.
+    std::fs::rename(&aside, &file).expect("rename");
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
+    assert!(!file.exists(), "the file of a restored object is removed");
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    store.stop();
+}
