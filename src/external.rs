@@ -132,6 +132,14 @@ impl ExternalStore {
         }
     }
 
+    /// The directory spill files go to, for `file://`.
+    pub fn spill_path(&self) -> Option<&Path> {
+        match self {
+            ExternalStore::Files(d) => Some(d.path()),
+            ExternalStore::HashTable(_) => None,
+        }
+    }
+
     /// Gives back the bytes [`ExternalStore::take`] returned, for an object that could not be
     /// restored after all. A persistent spill directory still has the file: it is only
     /// counted again.
@@ -188,6 +196,29 @@ fn within(spill: &Path, persist: &Path) -> io::Result<Option<PathBuf>> {
         Err(e) => return Err(e),
     };
     Ok(spill.starts_with(&persist).then_some(spill))
+}
+
+/// The persistent spill directories under `root` (at most a few levels down, symbolic links
+/// not followed).
+pub fn persistent_dirs_under(root: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: u32, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            if entry.file_name() == PERSISTENT_DIR {
+                out.push(entry.path());
+            } else if depth > 0 {
+                walk(&entry.path(), depth - 1, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, 4, &mut out);
+    out
 }
 
 /// The id a spill file is named after.
@@ -536,6 +567,12 @@ mod tests {
         let outside = format!("file://{}", other.path().display());
         let s = ExternalStore::open_for(&outside, None, Some((persist.path(), false))).unwrap();
         assert!(!s.is_persistent());
+        let at_top = format!("file://{}", persist.path().display());
+        let s = ExternalStore::open_for(&at_top, None, Some((persist.path(), false))).unwrap();
+        assert!(s.is_persistent());
+        let mut dirs = persistent_dirs_under(persist.path());
+        dirs.sort();
+        assert_eq!(dirs, vec![persist.path().join(PERSISTENT_DIR), dir.clone()]);
         assert!(!open_plain(&endpoint).is_persistent());
         assert!(
             ExternalStore::open_for(

@@ -790,3 +790,44 @@ fn a_store_killed_after_a_restore_is_recorded_but_before_its_file_goes_keeps_the
     }
     store.stop();
 }
+
+#[test]
+fn a_restart_without_the_spill_tier_that_holds_evicted_objects_is_refused() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    drop(c);
+    store.kill();
+    let spilled = spilled_of(dir.path(), N);
+    assert!(!spilled.is_empty());
+    // Without -e, or with another spill directory inside DIR: refused, nothing dropped.
+    let stderr = refused(dir.path(), 100_000);
+    assert!(
+        stderr.contains(&format!("start with -e {endpoint}")),
+        "{stderr}"
+    );
+    let other = format!("file://{}", dir.path().join("other").display());
+    let sock = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(store_bin())
+        .args(["-m", "100000", "-e", &other, "--persist"])
+        .arg(dir.path())
+        .arg("-s")
+        .arg(sock.path().join("s"))
+        .output()
+        .expect("run the store");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(spilled_of(dir.path(), N), spilled);
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    store.stop();
+}

@@ -269,6 +269,7 @@ impl Store {
             persist,
         };
         if let Some((objects, verified)) = recovered {
+            store.check_spill_tier(&objects)?;
             store.adopt(objects, verified);
         }
         Ok(store)

@@ -11,9 +11,11 @@
 
 use std::collections::HashSet;
 use std::collections::hash_map::Entry;
+use std::io;
 
 use log::{info, warn};
 
+use crate::external::persistent_dirs_under;
 use crate::persist::SealRecord;
 use crate::protocol::ObjectId;
 
@@ -104,6 +106,61 @@ impl Store {
         // Sorted: built in bulk.
         self.lru.order = order.into_iter().collect();
         self.reconcile_spill(spilled, lost, files);
+    }
+
+    /// Refuses to start when evicted objects would be dropped for want of their spill files
+    /// while those files are in another spill directory under the `--persist` directory (the
+    /// store was started before with another `-e`, or none): the objects are not lost, the
+    /// flags are wrong.
+    pub(super) fn check_spill_tier(&self, records: &[SealRecord]) -> io::Result<()> {
+        let Some(p) = self.persist.as_ref() else {
+            return Ok(());
+        };
+        if !records.iter().any(|r| r.spilled) {
+            return Ok(());
+        }
+        let files: HashSet<ObjectId> = self
+            .external
+            .as_ref()
+            .map(|e| e.found())
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        let ours = self
+            .external
+            .as_ref()
+            .filter(|e| e.is_persistent())
+            .and_then(|e| e.spill_path());
+        let lost: Vec<&SealRecord> = records
+            .iter()
+            .filter(|r| r.spilled && !files.contains(&r.object_id))
+            .collect();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        for other in persistent_dirs_under(p.dir()) {
+            if Some(other.as_path()) == ours {
+                continue;
+            }
+            let held = lost
+                .iter()
+                .filter(|r| other.join(r.object_id.hex()).exists())
+                .count();
+            if held > 0 {
+                let parent = other.parent().unwrap_or(&other);
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "{} holds {held} objects evicted to {}: start with -e file://{} to keep \
+                         them (or remove that directory to drop them)",
+                        p.dir().display(),
+                        other.display(),
+                        parent.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Drops the evicted objects whose spill file is gone (`lost`), and removes the spill
