@@ -10,9 +10,9 @@
 //!   restored into it), an *evicted* record (the same without an offset) when it moves to a
 //!   spill directory that survives the store (`-e file://` inside `DIR`, see
 //!   [`crate::external`]), a *delete* record when it leaves the store (deleted, evicted
-//!   without such a spill tier, dropped). Appended before the seal's reply is queued, by a plain copy
-//!   into a shared mapping of the log (no system call on the hot path): the bytes are in the
-//!   file's page cache at once, which survives SIGKILL and crashes of the process (not a power
+//!   without such a spill tier, dropped). Appended before the seal's reply is queued, by a
+//!   plain copy into a shared mapping of the log (no system call on the hot path): the bytes
+//!   are in the file's page cache at once, which survives SIGKILL and crashes of the process (not a power
 //!   loss: that takes `--persist-sync`, which writes the segment and the record to storage
 //!   first). The log is extended ahead in steps and the new range allocated (`fallocate`)
 //!   before it is mapped, so a full file system is an error at that point, never a SIGBUS;
@@ -22,8 +22,8 @@
 //!   one directory.
 //!
 //! Start-up replays the log in order into the live set (a delete cancels the seal before it;
-//! a second seal or an evicted record of the same id replaces the first), then trusts nothing in it blindly: a
-//! record whose checksum fails is skipped (records are fixed-size, so one bad record costs only
+//! a second seal or an evicted record of the same id replaces the first), then trusts nothing
+//! in it blindly: a record whose checksum fails is skipped (records are fixed-size, so one bad record costs only
 //! the object it describes, and a torn tail only the last write); an object whose range is
 //! misaligned, overflows or lies outside the segment file is dropped; when two ranges overlap
 //! the later record wins (the store only ever allocates freed memory, so a later seal proves

@@ -212,6 +212,20 @@ impl Store {
                 "the capacity must be at least 1 byte",
             ));
         }
+        let open_external = |persist: Option<(&std::path::Path, bool)>| {
+            config
+                .external_store
+                .as_deref()
+                .map(|e| ExternalStore::open_for(e, config.spill_limit, persist))
+                .transpose()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        };
+        let mut external = match config.persist {
+            None => open_external(None)?,
+            // After the --persist directory is locked (and made): a spill directory inside it
+            // is part of it.
+            Some(_) => None,
+        };
         let (segment, arena, persist, recovered) = match &config.persist {
             None => {
                 let segment =
@@ -229,17 +243,9 @@ impl Store {
                 )
             }
         };
-        // After the --persist directory is locked (and made): a spill directory inside it is
-        // part of it.
-        let external = config
-            .external_store
-            .as_deref()
-            .map(|e| {
-                let persist = persist.as_ref().map(|p: &Persist| (p.dir(), p.syncs()));
-                ExternalStore::open_for(e, config.spill_limit, persist)
-            })
-            .transpose()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if let Some(p) = &persist {
+            external = open_external(Some((p.dir(), p.syncs())))?;
+        }
         let fallback = config
             .fallback_dir
             .clone()
