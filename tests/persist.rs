@@ -874,3 +874,37 @@ fn a_restart_without_the_spill_tier_that_holds_evicted_objects_is_refused() {
     }
     store.stop();
 }
+
+#[test]
+fn compaction_keeps_the_evicted_objects() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    assert!(spilled_of(dir.path(), N).len() >= 15);
+    // 80,000 records of objects created and deleted again: the log is compacted.
+    for b in 0..40u32 {
+        let ids: Vec<ObjectId> = (0..1000).map(|i| oid(1000 + b * 1000 + i)).collect();
+        let objects: Vec<(ObjectId, &[u8], &[u8])> = ids
+            .iter()
+            .map(|id| (*id, &b"payload"[..], &b""[..]))
+            .collect();
+        c.create_and_seal_batch(&objects).expect("batch");
+        c.delete(&ids).expect("delete");
+    }
+    assert!(store.log().contains("compacted the log"), "{}", store.log());
+    drop(c);
+    store.kill();
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    store.stop();
+}
