@@ -184,11 +184,17 @@ pub struct SpillDir {
 /// The canonical form of `spill` if it is `persist` or inside it (created if missing then),
 /// else `None`.
 fn within(spill: &Path, persist: &Path) -> io::Result<Option<PathBuf>> {
+    let given = std::path::absolute(persist)?;
     let persist = fs::canonicalize(persist)?;
     let spill = std::path::absolute(spill)?;
+    // Lexically under the directory as given or as resolved, without `..`.
+    let under = (spill.starts_with(&given) || spill.starts_with(&persist))
+        && !spill
+            .components()
+            .any(|c| c == std::path::Component::ParentDir);
     let spill = match fs::canonicalize(&spill) {
         Ok(p) => p,
-        Err(e) if e.kind() == io::ErrorKind::NotFound && spill.starts_with(&persist) => {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && under => {
             fs::create_dir_all(&spill)?;
             fs::canonicalize(&spill)?
         }
@@ -570,6 +576,14 @@ mod tests {
         let at_top = format!("file://{}", persist.path().display());
         let s = ExternalStore::open_for(&at_top, None, Some((persist.path(), false))).unwrap();
         assert!(s.is_persistent());
+        // Given through a symbolic link, with a spill directory still to make.
+        let link = other.path().join("link");
+        std::os::unix::fs::symlink(persist.path(), &link).unwrap();
+        let through = format!("file://{}/spill2", link.display());
+        let s = ExternalStore::open_for(&through, None, Some((&link, false))).unwrap();
+        assert!(s.is_persistent());
+        drop(s);
+        fs::remove_dir_all(persist.path().join("spill2")).unwrap();
         let mut dirs = persistent_dirs_under(persist.path());
         dirs.sort();
         assert_eq!(dirs, vec![persist.path().join(PERSISTENT_DIR), dir.clone()]);
