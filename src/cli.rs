@@ -39,7 +39,8 @@ memory. Wire-compatible with Apache Arrow's plasma-store-server (pyarrow <= 11 c
   --persist DIR  keep the shared memory (DIR/segment) and a record of the sealed objects in
                DIR, so that a store restarted with the same DIR has every object whose seal
                was acknowledged, however the last one stopped (see the README: restarts that
-               lose nothing). Not with -d or -h
+               lose nothing); objects spilled with -e file:// into DIR survive too. Not
+               with -d or -h
   --persist-verify  check every recovered object's digest before serving (default: on its
                first get); objects whose bytes do not match are dropped
   --persist-sync  write the segment and each record to storage before acknowledging a seal:

@@ -5,11 +5,14 @@
 //!   tmpfs (`/dev/shm`) it outlives the process; on a disk it is backed by the page cache and
 //!   also outlives a reboot (see `--persist-sync`).
 //! - `objects.log`: what the segment holds. An 80-byte header, then fixed-size 80-byte
-//!   records (zeros where not written yet), each with its own checksum: a *seal* record (id, offset, sizes, digest, times)
-//!   when an object becomes sealed in the segment, a *delete* record when it leaves it
-//!   (deleted, evicted, dropped). Appended before the seal's reply is queued, by a plain copy
-//!   into a shared mapping of the log (no system call on the hot path): the bytes are in the
-//!   file's page cache at once, which survives SIGKILL and crashes of the process (not a power
+//!   records (zeros where not written yet), each with its own checksum: a *seal* record (id,
+//!   offset, sizes, digest, times) when an object becomes sealed in the segment (or is
+//!   restored into it), an *evicted* record (the same without an offset) when it moves to a
+//!   spill directory that survives the store (`-e file://` inside `DIR`, see
+//!   [`crate::external`]), a *delete* record when it leaves the store (deleted, evicted
+//!   without such a spill tier, dropped). Appended before the seal's reply is queued, by a
+//!   plain copy into a shared mapping of the log (no system call on the hot path): the bytes
+//!   are in the file's page cache at once, which survives SIGKILL and crashes of the process (not a power
 //!   loss: that takes `--persist-sync`, which writes the segment and the record to storage
 //!   first). The log is extended ahead in steps and the new range allocated (`fallocate`)
 //!   before it is mapped, so a full file system is an error at that point, never a SIGBUS;
@@ -19,12 +22,13 @@
 //!   one directory.
 //!
 //! Start-up replays the log in order into the live set (a delete cancels the seal before it;
-//! a second seal of the same id replaces the first), then trusts nothing in it blindly: a
-//! record whose checksum fails is skipped (records are fixed-size, so one bad record costs only
+//! a second seal or an evicted record of the same id replaces the first), then trusts nothing
+//! in it blindly: a record whose checksum fails is skipped (records are fixed-size, so one bad record costs only
 //! the object it describes, and a torn tail only the last write); an object whose range is
 //! misaligned, overflows or lies outside the segment file is dropped; when two ranges overlap
 //! the later record wins (the store only ever allocates freed memory, so a later seal proves
-//! the earlier object's range had been freed: its delete record was lost). Every drop is
+//! the earlier object's range had been freed: its delete record was lost). Evicted objects
+//! take no segment space; the store matches them with the spill files it finds. Every drop is
 //! logged. Digests are checked against the bytes on an object's first get, or for all objects
 //! before serving with `--persist-verify`; a mismatch drops the object. The arena is rebuilt
 //! around the surviving objects, and the log is compacted into a snapshot of them (written
@@ -62,6 +66,7 @@ const VERSION: u32 = 1;
 const MARK: &[u8; 2] = b"PR";
 const KIND_SEAL: u8 = 1;
 const KIND_DELETE: u8 = 2;
+const KIND_EVICTED: u8 = 3;
 /// Seed of the records' checksums (xxh64 of the first 72 bytes).
 const SEED: u64 = 0x706c_6173_6d61_6c67;
 /// The log is extended (and allocated) by at least this many record slots at a time.
@@ -110,6 +115,9 @@ pub struct SealRecord {
     pub create_time: i64,
     /// Seconds from create to seal.
     pub construct_duration: i32,
+    /// The object was evicted to the persistent spill directory: its bytes are in a spill
+    /// file, not the segment, and `offset` means nothing (it is recorded as 0).
+    pub spilled: bool,
 }
 
 impl SealRecord {
@@ -121,10 +129,15 @@ impl SealRecord {
 
     fn encode(&self) -> [u8; RECORD_LEN] {
         let mut b = [0u8; RECORD_LEN];
-        b[2] = KIND_SEAL;
+        b[2] = if self.spilled {
+            KIND_EVICTED
+        } else {
+            KIND_SEAL
+        };
         b[4..8].copy_from_slice(&self.construct_duration.to_le_bytes());
         b[8..28].copy_from_slice(&self.object_id.0);
-        b[32..40].copy_from_slice(&self.offset.to_le_bytes());
+        let offset = if self.spilled { 0 } else { self.offset };
+        b[32..40].copy_from_slice(&offset.to_le_bytes());
         b[40..48].copy_from_slice(&self.data_size.to_le_bytes());
         b[48..56].copy_from_slice(&self.metadata_size.to_le_bytes());
         b[56..64].copy_from_slice(&self.digest);
@@ -173,7 +186,7 @@ fn decode(b: &[u8]) -> Option<Entry> {
     id.copy_from_slice(&b[8..28]);
     let object_id = ObjectId(id);
     match b[2] {
-        KIND_SEAL => {
+        kind @ (KIND_SEAL | KIND_EVICTED) => {
             let mut digest = [0u8; 8];
             digest.copy_from_slice(&b[56..64]);
             let mut cd = [0u8; 4];
@@ -186,6 +199,7 @@ fn decode(b: &[u8]) -> Option<Entry> {
                 digest,
                 create_time: u64_at(b, 64) as i64,
                 construct_duration: i32::from_le_bytes(cd),
+                spilled: kind == KIND_EVICTED,
             }))
         }
         KIND_DELETE => Some(Entry::Delete(object_id)),
@@ -360,19 +374,19 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
             }
             Some(Entry::Delete(id)) => events.push((key(&id), slot, DELETE)),
             Some(Entry::Seal(r)) => {
-                let fits = r
-                    .data_size
-                    .checked_add(r.metadata_size)
-                    .and_then(|s| r.offset.checked_add(s))
-                    .is_some_and(|e| e <= end)
-                    && r.block_len().is_some();
+                // An evicted object takes no segment space: only its sizes must make sense.
+                let fits = r.block_len().is_some()
+                    && (r.spilled
+                        || (r
+                            .data_size
+                            .checked_add(r.metadata_size)
+                            .and_then(|s| r.offset.checked_add(s))
+                            .is_some_and(|e| e <= end)
+                            && r.offset >= SEGMENT_BASE
+                            && r.offset.is_multiple_of(ALIGNMENT)));
                 let index = u32::try_from(out.seals.len()).ok().filter(|i| *i != DELETE);
                 match index {
-                    Some(i)
-                        if fits
-                            && r.offset >= SEGMENT_BASE
-                            && r.offset.is_multiple_of(ALIGNMENT) =>
-                    {
+                    Some(i) if fits => {
                         events.push((key(&r.object_id), slot, i));
                         out.seals.push(r);
                     }
@@ -391,8 +405,12 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
                 continue;
             }
             if let Some(old) = current.replace(event) {
+                // An eviction or a restore replaces the record before it; a seal after a
+                // seal means a delete record was lost.
                 let old = out.seals[old as usize];
-                out.drop_object(&old, "sealed again later (a lost delete record)");
+                if !old.spilled && !out.seals[event as usize].spilled {
+                    out.drop_object(&old, "sealed again later (a lost delete record)");
+                }
             }
         }
         live.extend(current);
@@ -401,11 +419,13 @@ fn replay(log: &[u8], segment_size: u64) -> Replay {
     out
 }
 
-/// The live objects of a replay without overlaps (the later record wins), as indices into
-/// `replay.seals` in offset order.
-fn resolve_overlaps(replay: &mut Replay) -> Vec<u32> {
-    let mut all = std::mem::take(&mut replay.live);
+/// The live objects of a replay, as indices into `replay.seals`: those in the segment without
+/// overlaps (the later record wins), in offset order, and the evicted ones (in a spill file).
+fn resolve_overlaps(replay: &mut Replay) -> (Vec<u32>, Vec<u32>) {
     let seals = std::mem::take(&mut replay.seals);
+    let (spilled, mut all): (Vec<u32>, Vec<u32>) = std::mem::take(&mut replay.live)
+        .into_iter()
+        .partition(|&i| seals[i as usize].spilled);
     all.sort_unstable_by_key(|&i| seals[i as usize].offset);
     let mut kept: Vec<u32> = Vec::with_capacity(all.len());
     for i in all {
@@ -426,7 +446,7 @@ fn resolve_overlaps(replay: &mut Replay) -> Vec<u32> {
         kept.push(i);
     }
     replay.seals = seals;
-    kept
+    (kept, spilled)
 }
 
 /// Copies `bytes` into the mapped log at `at`, bounds-checked.
@@ -551,7 +571,7 @@ pub fn open(
     let mut replay = replay(&log, segment.mmap_size());
     let fresh = log.is_empty();
     drop(log);
-    let mut kept = resolve_overlaps(&mut replay);
+    let (mut kept, spilled) = resolve_overlaps(&mut replay);
     let seals = std::mem::take(&mut replay.seals);
     let rec = |i: &u32| &seals[*i as usize];
 
@@ -598,7 +618,8 @@ pub fn open(
     let arena = Arena::with_blocks(SEGMENT_BASE, segment.usable_len(), &blocks)
         .map_err(|e| invalid(format!("rebuilding the allocator: {e}")))?;
     drop(blocks);
-    // Back in the order they were sealed (the LRU order).
+    // Back in the order they were sealed (the LRU order), with the evicted ones.
+    kept.extend(spilled);
     kept.sort_unstable();
     let objects: Vec<SealRecord> = kept.iter().map(|i| *rec(i)).collect();
     drop(seals);
@@ -619,8 +640,10 @@ pub fn open(
             replay.bad, replay.torn, replay.dropped
         );
     }
+    let evicted = objects.iter().filter(|r| r.spilled).count();
     info!(
-        "persist: recovered {} objects ({bytes} bytes) from {} in {} ms{}",
+        "persist: recovered {} objects ({bytes} bytes in the segment, {evicted} evicted to the \
+         spill directory) from {} in {} ms{}",
         objects.len(),
         dir.display(),
         started.elapsed().as_millis(),
@@ -652,6 +675,17 @@ pub fn open(
 }
 
 impl Persist {
+    /// The `--persist` directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Whether records (and what they describe) are written to storage before a seal is
+    /// acknowledged (`--persist-sync`).
+    pub fn syncs(&self) -> bool {
+        self.sync
+    }
+
     /// Records that `records` are sealed in the segment. Called before their seal is
     /// acknowledged; with `sync`, the segment's bytes reach storage before the records do.
     pub fn record_seals(&mut self, records: &[SealRecord], segment: &Segment) {
@@ -673,7 +707,20 @@ impl Persist {
         self.live += records.len() as u64;
     }
 
-    /// Records that an object left the segment (deleted, evicted or dropped).
+    /// Records that an object moved from the segment to the persistent spill directory (its
+    /// spill file is complete before this is called). An evicted record replaces the seal
+    /// record before it, so the number of live records does not change.
+    pub fn record_evicted(&mut self, record: &SealRecord) {
+        let r = SealRecord {
+            spilled: true,
+            offset: 0,
+            ..*record
+        };
+        self.append(&r.encode(), 1);
+    }
+
+    /// Records that an object left the store (deleted, evicted without a persistent spill
+    /// directory, or dropped).
     pub fn record_delete(&mut self, object_id: ObjectId) {
         self.append(&delete_record(object_id), 1);
         self.live = self.live.saturating_sub(1);
@@ -812,6 +859,7 @@ mod tests {
             digest: [n; 8],
             create_time: 1_700_000_000 + i64::from(n),
             construct_duration: i32::from(n),
+            spilled: false,
         }
     }
 
@@ -868,6 +916,54 @@ mod tests {
     }
 
     #[test]
+    fn evicted_records_replace_seals_take_no_space_and_survive_a_restart() {
+        let evicted = |r: SealRecord| SealRecord {
+            spilled: true,
+            offset: 0,
+            ..r
+        };
+        let e = evicted(rec(9, 0, 1 << 30));
+        assert_eq!(decode(&e.encode()), Some(Entry::Seal(e)));
+        // Seal, evict, restore elsewhere, evict again: no "lost delete" drops, and an evicted
+        // object's size may exceed the segment (it is not in it).
+        let log = log_of(&[
+            rec(1, 64, 64).encode(),
+            evicted(rec(1, 64, 64)).encode(),
+            rec(2, 64, 64).encode(), // reuses 1's freed block
+            rec(1, 128, 64).encode(),
+            evicted(rec(1, 128, 64)).encode(),
+            e.encode(),
+            rec(3, 256, 64).encode(),
+            evicted(rec(3, 256, 64)).encode(),
+            delete_record(ObjectId([3; 20])),
+        ]);
+        let mut r = replay(&log, 1 << 20);
+        assert_eq!((r.bad, r.dropped), (0, 0));
+        let (kept, spilled) = resolve_overlaps(&mut r);
+        let ids = |v: &[u32]| -> Vec<u8> {
+            let mut v: Vec<u8> = v
+                .iter()
+                .map(|&i| r.seals[i as usize].object_id.0[0])
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!((ids(&kept), ids(&spilled)), (vec![2], vec![1, 9]));
+
+        // Through open: the evicted objects come back flagged, without arena space.
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = PersistConfig::new(dir.path());
+        let mut o = open(&cfg, 1, 1 << 20, |c| c * 2).unwrap();
+        o.persist
+            .record_seals(&[rec(1, 128, 100), rec(2, 256, 10)], &o.segment);
+        o.persist.record_evicted(&rec(1, 128, 100));
+        drop(o);
+        let o = open(&cfg, 1, 1 << 20, |c| c * 2).unwrap();
+        assert_eq!(o.objects, vec![rec(2, 256, 10), evicted(rec(1, 128, 100))]);
+        assert_eq!(o.arena.allocated_bytes(), 10);
+    }
+
+    #[test]
     fn overlaps_keep_the_later_record() {
         let log = log_of(&[
             rec(1, 64, 200).encode(),  // 64..320
@@ -877,6 +973,7 @@ mod tests {
         ]);
         let mut r = replay(&log, 1 << 20);
         let kept: Vec<u8> = resolve_overlaps(&mut r)
+            .0
             .iter()
             .map(|&i| r.seals[i as usize].object_id.0[0])
             .collect();

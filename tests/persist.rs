@@ -106,14 +106,10 @@ fn u64_in(path: &Path, at: u64) -> u64 {
     u64::from_le_bytes(b)
 }
 
-#[test]
-fn pyarrow_objects_survive_sigkill_bit_exact() {
-    let Some(python) = pyarrow_python() else {
-        eprintln!("skipped: no Python with pyarrow.plasma (set PLASMA_PYTHON)");
-        return;
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let script = r#"
+/// The pyarrow 11 client's side of the SIGKILL tests: `put` seals 60 objects (a few bytes to
+/// 1 MiB, half with create+seal, half with create_and_seal) and saves the listing; `check`
+/// compares the listing and gets every object bit-exact.
+const PYARROW_SCRIPT: &str = r#"
 import sys, json, random, pyarrow.plasma as plasma
 sock, phase, n, state = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 c = plasma.connect(sock)
@@ -152,24 +148,35 @@ else:
         del m, d
     print("ok", len(now))
 "#;
+
+/// Runs a phase of [`PYARROW_SCRIPT`] against `store`; returns what it printed.
+fn run_pyarrow(python: &Path, store: &Store, phase: &str, state: &Path) -> String {
+    let out = Command::new(python)
+        .args(["-W", "ignore", "-c", PYARROW_SCRIPT])
+        .arg(&store.socket)
+        .args([phase, "60"])
+        .arg(state)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        store.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn pyarrow_objects_survive_sigkill_bit_exact() {
+    let Some(python) = pyarrow_python() else {
+        eprintln!("skipped: no Python with pyarrow.plasma (set PLASMA_PYTHON)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
     let state = dir.path().join("listing.json");
     let persist = dir.path().join("persist");
-    let run = |store: &Store, phase: &str| {
-        let out = Command::new(&python)
-            .args(["-W", "ignore", "-c", script])
-            .arg(&store.socket)
-            .args([phase, "60"])
-            .arg(&state)
-            .output()
-            .expect("python");
-        assert!(
-            out.status.success(),
-            "{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            store.log()
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let run = |store: &Store, phase: &str| run_pyarrow(&python, store, phase, &state);
     let store = start(&persist, MEM, &[]);
     run(&store, "put");
     store.kill();
@@ -183,9 +190,58 @@ else:
 }
 
 #[test]
+fn pyarrow_objects_spilled_inside_the_directory_survive_sigkill_bit_exact() {
+    let Some(python) = pyarrow_python() else {
+        eprintln!("skipped: no Python with pyarrow.plasma (set PLASMA_PYTHON)");
+        return;
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("listing.json");
+    let persist = dir.path().join("persist");
+    let endpoint = spill_endpoint(&persist);
+    // About 11 MB of objects through a 4 MiB store.
+    let args = ["-e", endpoint.as_str()];
+    let run = |store: &Store, phase: &str| run_pyarrow(&python, store, phase, &state);
+    let store = start(&persist, 4 << 20, &args);
+    run(&store, "put");
+    let spilled = std::fs::read_dir(spill_dir(&persist))
+        .expect("spill directory")
+        .count();
+    assert!(spilled >= 10, "only {spilled} objects spilled");
+    store.kill();
+    let store = start(&persist, 4 << 20, &args);
+    assert_eq!(run(&store, "check").trim(), "ok 60");
+    store.kill();
+    // And after the restores and evictions of that check.
+    let store = start(&persist, 4 << 20, &args);
+    assert_eq!(run(&store, "check").trim(), "ok 60");
+    store.stop();
+}
+
+#[test]
 fn sigkill_in_a_stream_of_creates_keeps_every_acknowledged_object_and_no_torn_one() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = start(dir.path(), 256 << 20, &[]);
+    sigkill_in_a_stream_of_creates(dir.path(), 256 << 20, &[], false);
+}
+
+#[test]
+fn sigkill_in_a_stream_of_creates_spills_and_restores_keeps_every_acknowledged_object() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    // About 7 MB of objects through 2 MiB, and a client getting acknowledged objects back
+    // (restoring them, evicting others) while the store is killed.
+    sigkill_in_a_stream_of_creates(dir.path(), 2 << 20, &["-e", endpoint.as_str()], true);
+    let files = std::fs::read_dir(spill_dir(dir.path()))
+        .expect("spill directory")
+        .count();
+    assert!(files > 0, "nothing was spilled: the test proves nothing");
+}
+
+/// Four clients create objects in a stream (create+seal, create-and-seal, batches) until the
+/// store is killed; then every acknowledged object must be there after a restart, and every
+/// object there whole. With `readers`, a fifth client gets acknowledged objects meanwhile.
+fn sigkill_in_a_stream_of_creates(dir: &Path, capacity: u64, extra: &[&str], readers: bool) {
+    let store = start(dir, capacity, extra);
     let acked = Arc::new(Mutex::new(Vec::<u32>::new()));
     let attempted = Arc::new(Mutex::new(HashSet::<u32>::new()));
     let count = Arc::new(AtomicUsize::new(0));
@@ -240,6 +296,29 @@ fn sigkill_in_a_stream_of_creates_keeps_every_acknowledged_object_and_no_torn_on
             }
         }));
     }
+    if readers {
+        let c = store.client();
+        let acked = acked.clone();
+        threads.push(std::thread::spawn(move || {
+            for i in 0usize.. {
+                let n = {
+                    let acked = acked.lock().unwrap();
+                    if acked.is_empty() {
+                        None
+                    } else {
+                        Some(acked[i.wrapping_mul(7919) % acked.len()])
+                    }
+                };
+                let Some(n) = n else {
+                    std::thread::yield_now();
+                    continue;
+                };
+                if c.get(&[oid(n)], 0).is_err() {
+                    return;
+                }
+            }
+        }));
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     while count.load(Ordering::SeqCst) < 2000 {
         assert!(Instant::now() < deadline, "the clients made no progress");
@@ -251,7 +330,7 @@ fn sigkill_in_a_stream_of_creates_keeps_every_acknowledged_object_and_no_torn_on
     }
     assert!(!failed.load(Ordering::SeqCst), "the store was not killed");
 
-    let store = start(dir.path(), 256 << 20, &[]);
+    let store = start(dir, capacity, extra);
     let have = listed(&store);
     let acked = acked.lock().unwrap().clone();
     let attempted = attempted.lock().unwrap().clone();
@@ -519,5 +598,313 @@ fn recovered_objects_are_evicted_oldest_first_and_counted() {
     // The evictions were recorded.
     let store = start(dir.path(), 10_000, &[]);
     assert_eq!(listed(&store), have);
+    store.stop();
+}
+
+/// `-e file://DIR/spill`: a spill tier inside the `--persist` directory.
+fn spill_endpoint(dir: &Path) -> String {
+    format!("file://{}", dir.join("spill").display())
+}
+
+/// The spill directory of a store persisted in `dir` with [`spill_endpoint`].
+fn spill_dir(dir: &Path) -> PathBuf {
+    dir.join("spill").join("plasma-spill-persist")
+}
+
+/// Object `n` of the spill tests: 10,000 bytes and more, with metadata.
+fn spill_contents(n: u32) -> (Vec<u8>, Vec<u8>) {
+    (
+        pattern(n as u8, 10_000 + n as usize),
+        format!("meta {n}").into_bytes(),
+    )
+}
+
+/// Which of objects `0..n` have a spill file in `dir`.
+fn spilled_of(dir: &Path, n: u32) -> HashSet<u32> {
+    let names: HashSet<String> = std::fs::read_dir(spill_dir(dir))
+        .expect("read the spill directory")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    (0..n).filter(|i| names.contains(&oid(*i).hex())).collect()
+}
+
+/// Asserts that the store holds spill object `n` with exactly its bytes and digest.
+fn assert_spill_intact(store: &Store, n: u32) {
+    let c = store.client();
+    let (data, meta) = spill_contents(n);
+    let got = c.get(&[oid(n)], 0).expect("get");
+    let got = got[0]
+        .as_ref()
+        .unwrap_or_else(|| panic!("object {n} missing\n{}", store.log()));
+    assert_eq!((got.data(), got.metadata()), (&data[..], &meta[..]), "{n}");
+    let info = common::info(&c, oid(n)).expect("listed");
+    assert_eq!(info.digest, Some(object_digest(&data, &meta)));
+}
+
+#[test]
+fn spilled_objects_survive_sigkill_when_the_spill_tier_is_inside_the_directory() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    // 30 objects of 10 KB through a 100 KB store: most are spilled.
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    let mut infos = HashMap::new();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    for n in 0..N {
+        infos.insert(n, common::info(&c, oid(n)).expect("listed"));
+    }
+    let spilled = spilled_of(dir.path(), N);
+    assert!(
+        spilled.len() >= 15 && spilled.len() < N as usize,
+        "{spilled:?}: the test needs objects both spilled and in memory"
+    );
+    drop(c);
+    store.kill();
+
+    let store = start(dir.path(), 100_000, &args);
+    let all: HashSet<ObjectId> = (0..N).map(oid).collect();
+    assert_eq!(listed(&store), all, "{}", store.log());
+    assert_eq!(spilled_of(dir.path(), N), spilled, "the files are kept");
+    // Recovered as they were: the same sizes, times and digests.
+    let c = store.client();
+    for n in 0..N {
+        assert_eq!(common::info(&c, oid(n)).as_ref(), infos.get(&n), "{n}");
+    }
+    // Every one back (the spilled ones restored, evicting others to the spill tier).
+    for n in (0..N).rev() {
+        assert_spill_intact(&store, n);
+    }
+    let moved = spilled_of(dir.path(), N);
+    assert_ne!(moved, spilled, "restores and evictions happened");
+    drop(c);
+    // Once more after those restores and evictions (evicted, sealed and evicted again in the
+    // log), then after a SIGTERM: the directory is kept at exit.
+    store.kill();
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), all, "{}", store.log());
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    store.stop();
+    assert!(!spilled_of(dir.path(), N).is_empty(), "kept at exit");
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), all, "{}", store.log());
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    // Deleting spilled objects is remembered too.
+    let c = store.client();
+    let gone: Vec<ObjectId> = spilled_of(dir.path(), N).into_iter().map(oid).collect();
+    assert!(!gone.is_empty());
+    c.delete(&gone).expect("delete");
+    drop(c);
+    store.kill();
+    let store = start(dir.path(), 100_000, &args);
+    let expect: HashSet<ObjectId> = all
+        .difference(&gone.into_iter().collect())
+        .copied()
+        .collect();
+    assert_eq!(listed(&store), expect);
+    store.stop();
+}
+
+#[test]
+fn a_lost_or_corrupt_spill_file_costs_only_its_object_and_unrecorded_files_go() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    drop(c);
+    store.kill();
+    let mut spilled: Vec<u32> = spilled_of(dir.path(), N).into_iter().collect();
+    spilled.sort();
+    assert!(spilled.len() >= 3, "{spilled:?}");
+    let file = |n: u32| spill_dir(dir.path()).join(oid(n).hex());
+    // While the store is down: one file is deleted, one is corrupted, and one appears that no
+    // record names (a copy of another object's file under a new id).
+    let (lost, corrupt) = (spilled[0], spilled[1]);
+    std::fs::remove_file(file(lost)).expect("remove");
+    let len = std::fs::metadata(file(corrupt)).expect("stat").len();
+    flip_byte(&file(corrupt), len - 100);
+    std::fs::copy(file(spilled[2]), file(999)).expect("copy");
+
+    let store = start(dir.path(), 100_000, &args);
+    let mut expect: HashSet<ObjectId> = (0..N).map(oid).collect();
+    expect.remove(&oid(lost));
+    assert_eq!(listed(&store), expect, "{}", store.log());
+    assert!(!file(999).exists(), "a file without a record is removed");
+    // The corrupt file is found out on restore: reported missing, then gone for good.
+    let c = store.client();
+    let got = c.get(&[oid(corrupt)], 0).expect("get");
+    assert!(got[0].is_none());
+    expect.remove(&oid(corrupt));
+    assert_eq!(listed(&store), expect);
+    assert!(!file(corrupt).exists());
+    for n in (0..N).filter(|n| *n != lost && *n != corrupt) {
+        assert_spill_intact(&store, n);
+    }
+    drop(c);
+    store.kill();
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), expect, "{}", store.log());
+    store.stop();
+}
+
+#[test]
+fn a_spill_tier_outside_the_directory_is_not_kept() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let outside = tempfile::tempdir().expect("temp dir");
+    let endpoint = format!("file://{}", outside.path().display());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..30 {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    let files = |p: &Path| -> usize {
+        std::fs::read_dir(p)
+            .expect("read_dir")
+            .flatten()
+            .map(|sub| std::fs::read_dir(sub.path()).map_or(0, |d| d.count()))
+            .sum()
+    };
+    assert!(files(outside.path()) > 10);
+    assert_eq!(listed(&store).len(), 30, "evicted objects stay listed");
+    drop(c);
+    store.stop();
+    assert_eq!(
+        std::fs::read_dir(outside.path()).expect("read_dir").count(),
+        0,
+        "the per-process spill directory is removed at exit, as without --persist"
+    );
+    // Only the objects that were in memory survive.
+    let store = start(dir.path(), 100_000, &args);
+    let have = listed(&store);
+    assert!(!have.is_empty() && have.len() < 30, "{}", have.len());
+    for n in 0..30 {
+        if have.contains(&oid(n)) {
+            assert_spill_intact(&store, n);
+        }
+    }
+    store.stop();
+}
+
+#[test]
+fn a_store_killed_after_a_restore_is_recorded_but_before_its_file_goes_keeps_the_object() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    let s = *spilled_of(dir.path(), N).iter().min().expect("spilled");
+    let file = spill_dir(dir.path()).join(oid(s).hex());
+    let aside = dir.path().join("aside");
+    std::fs::copy(&file, &aside).expect("copy");
+    // Restored: its new seal record written, then its file removed.
+    assert_spill_intact(&store, s);
+    assert!(!file.exists());
+    drop(c);
+    store.kill();
+    // As if the store had been killed between the two: the record and the file.
+    std::fs::rename(&aside, &file).expect("rename");
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
+    assert!(!file.exists(), "the file of a restored object is removed");
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    store.stop();
+}
+
+#[test]
+fn a_restart_without_the_spill_tier_that_holds_evicted_objects_is_refused() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    drop(c);
+    store.kill();
+    let spilled = spilled_of(dir.path(), N);
+    assert!(!spilled.is_empty());
+    // Without -e, or with another spill directory inside DIR: refused, nothing dropped.
+    let stderr = refused(dir.path(), 100_000);
+    assert!(
+        stderr.contains(&format!("start with -e {endpoint}")),
+        "{stderr}"
+    );
+    let other = format!("file://{}", dir.path().join("other").display());
+    let sock = tempfile::tempdir().expect("temp dir");
+    let out = Command::new(store_bin())
+        .args(["-m", "100000", "-e", &other, "--persist"])
+        .arg(dir.path())
+        .arg("-s")
+        .arg(sock.path().join("s"))
+        .output()
+        .expect("run the store");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(spilled_of(dir.path(), N), spilled);
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
+    store.stop();
+}
+
+#[test]
+fn compaction_keeps_the_evicted_objects() {
+    const N: u32 = 30;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let endpoint = spill_endpoint(dir.path());
+    let args = ["-e", endpoint.as_str()];
+    let store = start(dir.path(), 100_000, &args);
+    let c = store.client();
+    for n in 0..N {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+    assert!(spilled_of(dir.path(), N).len() >= 15);
+    // 80,000 records of objects created and deleted again: the log is compacted.
+    for b in 0..40u32 {
+        let ids: Vec<ObjectId> = (0..1000).map(|i| oid(1000 + b * 1000 + i)).collect();
+        let objects: Vec<(ObjectId, &[u8], &[u8])> = ids
+            .iter()
+            .map(|id| (*id, &b"payload"[..], &b""[..]))
+            .collect();
+        c.create_and_seal_batch(&objects).expect("batch");
+        c.delete(&ids).expect("delete");
+    }
+    assert!(store.log().contains("compacted the log"), "{}", store.log());
+    drop(c);
+    store.kill();
+    let store = start(dir.path(), 100_000, &args);
+    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
+    for n in 0..N {
+        assert_spill_intact(&store, n);
+    }
     store.stop();
 }

@@ -181,7 +181,11 @@ impl Store {
             if let Some(o) = self.objects.get_mut(&id) {
                 o.state = State::Evicted;
             }
-            if segment == SEGMENT_ID {
+            // In a persistent spill directory it survives the store (whichever segment it
+            // came from); elsewhere it has left the segment for good.
+            if self.spill_persists() {
+                self.persist_evicted(id);
+            } else if segment == SEGMENT_ID {
                 self.persist_delete(id);
             }
             freed += size;
@@ -198,6 +202,9 @@ impl Store {
     /// Brings an evicted object back into memory. Its bytes leave the external store first,
     /// so that on a full spill disk the objects evicted to make room can take its place. On
     /// failure the object is treated as missing; if its bytes are lost it is removed for good.
+    /// A persistent spill directory keeps the file until the object's new record is written
+    /// (the bytes in the segment first, then the record, then the file goes): a store killed
+    /// at any point in between still has the object.
     pub(super) fn restore(&mut self, id: ObjectId, out: &mut impl Sink) -> bool {
         let Some(size) = self.objects.get(&id).map(Object::size) else {
             return false;
@@ -218,7 +225,7 @@ impl Store {
         };
         let Some((segment, offset)) = placed else {
             warn!("no memory to restore {id} from the external store");
-            if let Some(Err(e)) = self.external.as_mut().map(|e| e.put(id, bytes)) {
+            if let Some(Err(e)) = self.external.as_mut().map(|e| e.put_back(id, bytes)) {
                 error!("cannot put {id} back into the external store: {e}; the object is gone");
                 self.delete_now(id, out);
             }
@@ -237,7 +244,19 @@ impl Store {
             o.offset = offset;
         }
         self.counters.restored_bytes += size;
-        self.persist_seals(&[id]);
+        if self.spill_persists() {
+            if segment == SEGMENT_ID {
+                self.persist_seals(&[id]);
+            } else {
+                // In a fallback segment it no longer survives the store.
+                self.persist_delete(id);
+            }
+            if let Some(e) = self.external.as_mut() {
+                e.remove(id);
+            }
+        } else {
+            self.persist_seals(&[id]);
+        }
         true
     }
     /// Puts an object at the young end of its list (its owner's or the global one).

@@ -215,12 +215,20 @@ impl Store {
                 "the capacity must be at least 1 byte",
             ));
         }
-        let external = config
-            .external_store
-            .as_deref()
-            .map(|e| ExternalStore::open(e, config.spill_limit))
-            .transpose()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let open_external = |persist: Option<(&std::path::Path, bool)>| {
+            config
+                .external_store
+                .as_deref()
+                .map(|e| ExternalStore::open_for(e, config.spill_limit, persist))
+                .transpose()
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))
+        };
+        let mut external = match config.persist {
+            None => open_external(None)?,
+            // After the --persist directory is locked (and made): a spill directory inside it
+            // is part of it.
+            Some(_) => None,
+        };
         let (segment, arena, persist, recovered) = match &config.persist {
             None => {
                 let segment =
@@ -238,6 +246,9 @@ impl Store {
                 )
             }
         };
+        if let Some(p) = &persist {
+            external = open_external(Some((p.dir(), p.syncs())))?;
+        }
         let fallback = config
             .fallback_dir
             .clone()
@@ -268,6 +279,7 @@ impl Store {
             created_objects: 0,
         };
         if let Some((objects, verified)) = recovered {
+            store.check_spill_tier(&objects)?;
             store.adopt(objects, verified);
         }
         Ok(store)
@@ -1139,6 +1151,9 @@ impl Store {
         }
         self.deferred_deletes.remove(&object_id);
         if o.state == State::Evicted {
+            if self.spill_persists() {
+                self.persist_delete(object_id);
+            }
             if let Some(e) = self.external.as_mut() {
                 e.remove(object_id);
             }
