@@ -281,6 +281,27 @@ fn scrape(endpoint: &str, names: &[&str]) -> Result<Vec<Option<u64>>> {
         .collect())
 }
 
+/// Connections the store has accepted on `socket` and not closed, counted from the kernel's
+/// table of Unix sockets (`/proc/net/unix`): an accepted connection carries the listening
+/// socket's path, in the connected state. `None` where the table is not readable (or the
+/// store runs in another network namespace, where none are found). The protocol has no
+/// request for it; with `--metrics` the store's own figure is shown instead.
+fn connected_clients(socket: &Path) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/unix").ok()?;
+    let path = std::fs::canonicalize(socket).unwrap_or_else(|_| socket.to_path_buf());
+    let names = [socket.to_string_lossy(), path.to_string_lossy()];
+    // Columns: Num RefCount Protocol Flags Type St Inode Path; St 03 is connected.
+    let n = table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.get(5) == Some(&"03") && cols.get(7).is_some_and(|p| names.iter().any(|n| n == p))
+        })
+        .count();
+    (n > 0).then_some(n as u64)
+}
+
 fn status(socket: &Path, metrics: Option<&str>) -> Result<()> {
     let client = connect(socket)?;
     let live = match metrics {
@@ -340,7 +361,10 @@ fn status(socket: &Path, metrics: Option<&str>) -> Result<()> {
         // This command's own connection is one of the clients.
         writeln!(out, "clients:    {} (this one included)", show(live[0]))?;
         writeln!(out, "waiting gets: {}", show(live[1]))?;
+    } else if let Some(n) = connected_clients(socket) {
+        writeln!(out, "clients:    {n} (this one included)")?;
     }
+    drop(client);
     Ok(())
 }
 

@@ -154,6 +154,15 @@ fn status_reports_capacity_use_and_objects_by_state() {
         .and_then(|n| n.parse().ok())
         .unwrap();
     assert!(used >= 1501, "{out}");
+    // `c` and this command: the count comes from the kernel's socket table.
+    let other = store.client();
+    let o = store.ctl(&["status"]);
+    assert!(
+        stdout(&o).contains("clients:    3 (this one included)"),
+        "{}",
+        stdout(&o)
+    );
+    drop(other);
     drop(unsealed);
 }
 
