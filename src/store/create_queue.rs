@@ -256,33 +256,7 @@ impl Store {
         request: &CreateRequest,
         out: &mut impl Sink,
     ) -> Result<(), Refusal> {
-        match request {
-            CreateRequest::Create {
-                object_id,
-                evict_if_full,
-                data_size,
-                metadata_size,
-            } => {
-                self.create_object(
-                    client,
-                    *object_id,
-                    *evict_if_full,
-                    (*data_size, *metadata_size),
-                    false,
-                    out,
-                )?;
-                self.reply_created(client, *object_id, out);
-            }
-            CreateRequest::Seal {
-                evict_if_full,
-                objects,
-                batch,
-            } => {
-                self.create_and_seal(client, *evict_if_full, objects, false, out)?;
-                out.reply(client, &seal_reply(*batch, PlasmaError::Ok));
-            }
-        }
-        Ok(())
+        self.attempt(client, request, false, out)
     }
 
     /// Tries to carry out a create in the fallback tier, answering it if it succeeds.
@@ -295,6 +269,17 @@ impl Store {
         if !self.has_fallback() {
             return Err(Refusal::Full);
         }
+        self.attempt(client, request, true, out)
+    }
+
+    /// Carries out a create in shared memory, or in the fallback tier, and answers it.
+    fn attempt(
+        &mut self,
+        client: ClientId,
+        request: &CreateRequest,
+        fallback: bool,
+        out: &mut impl Sink,
+    ) -> Result<(), Refusal> {
         match request {
             CreateRequest::Create {
                 object_id,
@@ -307,7 +292,7 @@ impl Store {
                     *object_id,
                     *evict_if_full,
                     (*data_size, *metadata_size),
-                    true,
+                    fallback,
                     out,
                 )?;
                 self.reply_created(client, *object_id, out);
@@ -317,7 +302,7 @@ impl Store {
                 objects,
                 batch,
             } => {
-                self.create_and_seal(client, *evict_if_full, objects, true, out)?;
+                self.create_and_seal(client, *evict_if_full, objects, fallback, out)?;
                 out.reply(client, &seal_reply(*batch, PlasmaError::Ok));
             }
         }
