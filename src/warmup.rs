@@ -111,9 +111,11 @@ fn populate_mapped(fd: &OwnedFd, start: u64, end: u64, stop: &AtomicBool) -> Res
                 return Ok(());
             }
             let n = (STEP as usize).min(len - step_at);
-            let Some(addr) =
-                std::ptr::NonNull::new(map.as_mut_ptr().wrapping_add(step_at).cast::<libc::c_void>())
-            else {
+            let Some(addr) = std::ptr::NonNull::new(
+                map.as_mut_ptr()
+                    .wrapping_add(step_at)
+                    .cast::<libc::c_void>(),
+            ) else {
                 return Err(at.max(start));
             };
             // SAFETY: `[addr, addr + n)` lies inside `map`, a live mapping owned by this
@@ -127,7 +129,10 @@ fn populate_mapped(fd: &OwnedFd, start: u64, end: u64, stop: &AtomicBool) -> Res
                 if step_at == 0 && at == start / PAGE * PAGE {
                     debug!("warm-up: MADV_POPULATE_WRITE unavailable ({e}), using fallocate");
                 } else {
-                    info!("warm-up stopped at {} of {end} bytes: {e}", at + step_at as u64);
+                    info!(
+                        "warm-up stopped at {} of {end} bytes: {e}",
+                        at + step_at as u64
+                    );
                     return Ok(());
                 }
                 return Err(start);

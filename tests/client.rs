@@ -545,7 +545,10 @@ fn list_describes_unsealed_and_sealed_objects() {
     assert_eq!((u.ref_count, u.digest, u.construct_duration), (1, None, -1));
     // The reference stamps time(NULL), which reads the coarse clock: up to a tick behind
     // SystemTime::now(), so across a second boundary it may say the second before `before`.
-    assert!((before - 1..=after).contains(&u.create_time), "{before} {u:?} {after}");
+    assert!(
+        (before - 1..=after).contains(&u.create_time),
+        "{before} {u:?} {after}"
+    );
     assert_eq!((s.data_size, s.metadata_size, s.ref_count), (6, 0, 0));
     assert_eq!(s.digest, Some(object_digest(b"sealed", b"")));
     assert!(s.construct_duration >= 0);
