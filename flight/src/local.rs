@@ -3,7 +3,7 @@
 //! sealing with a given digest) behind the [`gw`] module.
 
 use plasma_store::client::{Client, MutableBuffer};
-use plasma_store::protocol::ObjectId;
+use plasma_store::protocol::{Digest, ObjectId};
 
 use crate::error::GwError;
 
@@ -61,6 +61,21 @@ impl Pending {
     /// Takes the buffer out to seal it; the guard no longer aborts it.
     pub fn take(mut self) -> Option<MutableBuffer> {
         self.buf.take()
+    }
+
+    /// Seals the object, with `digest` if given (a pulled copy keeps its origin's) or else
+    /// the digest of its bytes, and gives the gateway's reference back. Blocking: one round
+    /// trip, run it on the pool.
+    pub fn seal(self, digest: Option<Digest>) -> Result<(), GwError> {
+        let buf = self
+            .take()
+            .ok_or_else(|| GwError::Internal("no buffer".into()))?;
+        let sealed = match digest {
+            Some(d) => gw::seal_with_digest(buf, d)?,
+            None => buf.seal()?,
+        };
+        drop(sealed);
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ use crate::error::GwError;
 use crate::form::{self, Filler};
 use crate::local::{Local, Pending, gw};
 use crate::peers::{Peer, ms};
-use crate::service::opaque_rows;
+use crate::service::write_rows;
 use crate::tuning;
 
 /// Where an object was found.
@@ -208,32 +208,12 @@ impl Puller {
         let mut filler = Filler::new(size);
         while let Some(p) = next_payload(&mut d).await? {
             if let DecodedPayload::RecordBatch(b) = p {
-                for row in opaque_rows(&b)?.iter().flatten() {
-                    let r = filler.take(row.len())?;
-                    pending.data_mut()[r].copy_from_slice(row);
-                }
+                write_rows(&b, &mut filler, &mut pending)?;
             }
         }
         filler.finish()?;
         let digest = header.digest;
-        self.local
-            .run(move |_| {
-                let buf = pending
-                    .take()
-                    .ok_or_else(|| GwError::Internal("no buffer".into()))?;
-                let sealed = match digest {
-                    Some(d) => gw::seal_with_digest(buf, d),
-                    None => buf.seal(),
-                };
-                match sealed {
-                    Ok(b) => {
-                        drop(b);
-                        Ok(())
-                    }
-                    Err(e) => Err(GwError::from(e)),
-                }
-            })
-            .await?;
+        self.local.run(move |_| pending.seal(digest)).await?;
         Ok(Some((size, loc.peer.addr.clone())))
     }
 }

@@ -291,6 +291,23 @@ pub fn opaque_rows(batch: &RecordBatch) -> Result<&BinaryArray, GwError> {
     Ok(col)
 }
 
+/// Writes the rows of one opaque-form batch into `pending`, where `filler` places them.
+pub fn write_rows(
+    batch: &RecordBatch,
+    filler: &mut Filler,
+    pending: &mut Pending,
+) -> Result<(), GwError> {
+    for row in opaque_rows(batch)?.iter().flatten() {
+        let r = filler.take(row.len())?;
+        pending
+            .data_mut()
+            .get_mut(r)
+            .ok_or_else(|| GwError::Internal("row beyond the object".into()))?
+            .copy_from_slice(row);
+    }
+    Ok(())
+}
+
 /// The next decoded payload, or `None` at the end of the stream.
 async fn next_payload(d: &mut FlightDataDecoder) -> Result<Option<DecodedPayload>, GwError> {
     match d.next().await {
@@ -335,10 +352,7 @@ async fn receive_put(local: &Local, id: ObjectId, mut d: FlightDataDecoder) -> R
             let mut filler = Filler::new(size);
             while let Some(p) = next_payload(&mut d).await? {
                 if let DecodedPayload::RecordBatch(b) = p {
-                    for row in opaque_rows(&b)?.iter().flatten() {
-                        let r = filler.take(row.len())?;
-                        pending.data_mut()[r].copy_from_slice(row);
-                    }
+                    write_rows(&b, &mut filler, &mut pending)?;
                 }
             }
             filler.finish()?;
@@ -388,26 +402,14 @@ async fn store_bytes(
         .run(move |c| {
             let mut pending = Pending::new(c.create(id, bytes.len() as u64, &metadata)?);
             pending.data_mut().copy_from_slice(&bytes);
-            let buf = pending
-                .take()
-                .ok_or_else(|| GwError::Internal("no buffer".into()))?;
-            drop(buf.seal()?);
-            Ok(())
+            pending.seal(None)
         })
         .await
 }
 
 /// Seals a filled object (computing its digest, on the blocking pool).
 async fn seal(local: &Local, pending: Pending) -> Result<(), GwError> {
-    local
-        .run(move |_| {
-            let buf = pending
-                .take()
-                .ok_or_else(|| GwError::Internal("no buffer".into()))?;
-            drop(buf.seal()?);
-            Ok(())
-        })
-        .await
+    local.run(move |_| pending.seal(None)).await
 }
 
 #[cfg(test)]

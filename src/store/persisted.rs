@@ -47,41 +47,13 @@ impl Store {
                     continue;
                 }
                 spilled += 1;
-                self.objects.insert(
-                    r.object_id,
-                    Object {
-                        state: State::Evicted,
-                        segment: SEGMENT_ID,
-                        offset: 0,
-                        data_size: r.data_size,
-                        metadata_size: r.metadata_size,
-                        create_time: r.create_time,
-                        construct_duration: r.construct_duration,
-                        digest: Some(r.digest),
-                        ref_count: 0,
-                        owner: None,
-                        lru_seq: None,
-                        // Checked once it is back in memory (the spill file's own checksum
-                        // is checked as it is read).
-                        unverified: true,
-                    },
-                );
+                // Checked once it is back in memory (the spill file's own checksum is checked
+                // as it is read).
+                let object = recovered(&r, State::Evicted, 0, None, true);
+                self.objects.insert(r.object_id, object);
                 continue;
             }
-            let object = Object {
-                state: State::Sealed,
-                segment: SEGMENT_ID,
-                offset: r.offset,
-                data_size: r.data_size,
-                metadata_size: r.metadata_size,
-                create_time: r.create_time,
-                construct_duration: r.construct_duration,
-                digest: Some(r.digest),
-                ref_count: 0,
-                owner: None,
-                lru_seq: Some(self.next_lru),
-                unverified: !verified,
-            };
+            let object = recovered(&r, State::Sealed, r.offset, Some(self.next_lru), !verified);
             let size = object.size();
             // One hash lookup per object: this runs a million times for a million objects.
             let Entry::Vacant(slot) = self.objects.index.entry(r.object_id) else {
@@ -288,6 +260,30 @@ impl Store {
             self.delete_now(object_id, out);
         }
         intact
+    }
+}
+
+/// The table entry of an object recovered from the persist log: unreferenced, unowned.
+fn recovered(
+    r: &SealRecord,
+    state: State,
+    offset: u64,
+    lru_seq: Option<u64>,
+    unverified: bool,
+) -> Object {
+    Object {
+        state,
+        segment: SEGMENT_ID,
+        offset,
+        data_size: r.data_size,
+        metadata_size: r.metadata_size,
+        create_time: r.create_time,
+        construct_duration: r.construct_duration,
+        digest: Some(r.digest),
+        ref_count: 0,
+        owner: None,
+        lru_seq,
+        unverified,
     }
 }
 
