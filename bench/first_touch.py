@@ -80,7 +80,7 @@ class Daemon:
         self.tmp = tempfile.mkdtemp(prefix="plasma-ft-")
         self.sock = os.path.join(self.tmp, "sock")
         self.log = os.path.join(self.tmp, "log")
-        level = "plasma_store::server=debug,warn" if warm else "warn"
+        level = "plasma_store::warmup=debug,warn" if warm else "warn"
         with open(self.log, "w") as f:
             self.proc = subprocess.Popen([store_bin, "-s", self.sock, *args], stderr=f,
                                          env=dict(os.environ, RUST_LOG=level))
