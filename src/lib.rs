@@ -14,6 +14,7 @@
 //! - [`fdpass`]: passing file descriptors over Unix sockets.
 //! - [`metrics`], [`http`]: the Prometheus page (`--metrics-listen`), served by the loop.
 //! - [`digest`]: the object digest the original client computes.
+//! - [`stream_copy`]: stores that bypass the cache (the client's large puts).
 //! - [`warmup`]: the background thread that makes the segment resident after start-up.
 
 pub mod arena;
@@ -30,6 +31,7 @@ pub mod pulls;
 pub mod server;
 pub mod shm;
 pub mod store;
+pub mod stream_copy;
 pub mod warmup;
 
 #[doc(hidden)]

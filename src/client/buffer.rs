@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use super::memory::{MutRegion, Region};
+use super::memory::{MutRegion, Region, touch};
 use super::state::split;
 use super::{Error, Shared};
 use crate::digest::copy_and_digest_prepared;
@@ -68,7 +68,7 @@ pub struct MutableBuffer {
 }
 
 /// Objects of at least this many data bytes have their pages faulted in on the first write
-/// access ([`Region::populate_write`]); below it one madvise costs more than the faults it
+/// access ([`Region::populate`]); below it one madvise costs more than the faults it
 /// saves.
 const POPULATE_THRESHOLD: usize = 4 << 20;
 
@@ -110,7 +110,7 @@ impl MutableBuffer {
             self.touched = true;
             if self.data_len >= POPULATE_THRESHOLD {
                 // Fresh memory is faulted in by one call rather than page by page.
-                self.region.populate_write();
+                self.region.populate();
             }
         }
         let bytes = self.region.bytes_mut();
@@ -128,9 +128,13 @@ impl MutableBuffer {
         let populate = !self.touched && data_len >= POPULATE_THRESHOLD;
         self.touched = true;
         let view = self.region.view();
-        let prepare = move |offset: usize, len: usize| {
+        let prepare = move |offset: usize, part: &mut [u8]| {
             if populate {
-                view.populate_write(offset, offset + len);
+                let touch = &mut |a: usize, b: usize| {
+                    let range = a.saturating_sub(offset)..b.saturating_sub(offset);
+                    touch(part.get(range).unwrap_or_default());
+                };
+                view.populate(offset, offset + part.len(), touch);
             }
         };
         let bytes = self.region.bytes_mut();
