@@ -186,15 +186,13 @@ fn copy_xxh64_streaming(dst: &mut [u8], src: &[u8]) -> u64 {
     let mut lanes = Xxh64Lanes::new();
     let (dst_lines, dst_rest) = dst.as_chunks_mut::<64>();
     let (src_lines, src_rest) = src.as_chunks::<64>();
-    for (d, s) in dst_lines.iter_mut().zip(src_lines) {
-        crate::stream_copy::line(d, s);
-        let (halves, _) = s.as_chunks::<32>();
+    crate::stream_copy::copy_lines(dst_lines, src_lines, |line| {
+        let (halves, _) = line.as_chunks::<32>();
         for stripe in halves {
             lanes.stripe(stripe);
         }
-    }
+    });
     dst_rest.copy_from_slice(src_rest);
-    crate::stream_copy::fence();
     lanes.finish(n, src_rest)
 }
 
