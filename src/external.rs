@@ -22,7 +22,7 @@
 //! The spill tier does its file I/O synchronously in the event loop: an eviction of N bytes
 //! costs the time to write N bytes to the page cache.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -125,10 +125,10 @@ impl ExternalStore {
     }
 
     /// The objects whose spill files a persistent spill directory held at start-up.
-    pub fn found(&self) -> Vec<ObjectId> {
+    pub fn found(&self) -> HashSet<ObjectId> {
         match self {
             ExternalStore::Files(d) if d.persistent => d.sizes.keys().copied().collect(),
-            _ => Vec::new(),
+            _ => HashSet::new(),
         }
     }
 
@@ -555,7 +555,7 @@ mod tests {
         fs::write(dir.join("notes"), b"not ours").unwrap();
 
         let mut s = open().unwrap();
-        let mut found = s.found();
+        let mut found: Vec<ObjectId> = s.found().into_iter().collect();
         found.sort_by_key(|i| i.0);
         assert_eq!(found, vec![id(1), id(2)]);
         assert!(!dir.join(id(3).hex()).with_extension("tmp").exists());

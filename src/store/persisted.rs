@@ -15,7 +15,7 @@ use std::io;
 
 use log::{info, warn};
 
-use crate::external::persistent_dirs_under;
+use crate::external::{ExternalStore, persistent_dirs_under};
 use crate::persist::SealRecord;
 use crate::protocol::ObjectId;
 
@@ -23,6 +23,14 @@ use super::table::{Object, State};
 use super::{SEGMENT_ID, Sink, Store};
 
 impl Store {
+    /// The objects whose spill files a persistent spill directory held at start-up.
+    fn spill_files_found(&self) -> HashSet<ObjectId> {
+        self.external
+            .as_ref()
+            .map(ExternalStore::found)
+            .unwrap_or_default()
+    }
+
     /// Enters the objects recovered from the persist log into the empty store: sealed,
     /// unreferenced, in the global LRU list in the order they were sealed, or evicted if
     /// their spill file is there. `persist::open` gives distinct ids.
@@ -31,13 +39,7 @@ impl Store {
         self.objects.slab.reserve(records.len());
         let mut order = Vec::with_capacity(records.len());
         // Spill files found at start-up; those left at the end have no record.
-        let mut files: HashSet<ObjectId> = self
-            .external
-            .as_ref()
-            .map(|e| e.found())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let mut files = self.spill_files_found();
         let mut lost = Vec::new();
         let mut spilled = 0u64;
         for r in records {
@@ -91,13 +93,7 @@ impl Store {
         if !records.iter().any(|r| r.spilled) {
             return Ok(());
         }
-        let files: HashSet<ObjectId> = self
-            .external
-            .as_ref()
-            .map(|e| e.found())
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+        let files = self.spill_files_found();
         let ours = self
             .external
             .as_ref()
