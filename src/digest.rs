@@ -16,19 +16,39 @@ const PARTS: usize = 8;
 /// part (rather than per core) keeps the nine equal parts balanced on any number of cores.
 const THREADED_THRESHOLD: usize = 8 << 20;
 
+/// The size of each of the first [`PARTS`] parts of large data of `len` bytes (whole 64-byte
+/// blocks); the last part takes the rest.
+fn part_chunk(len: u64) -> u64 {
+    len / 64 / PARTS as u64 * 64
+}
+
+/// The bytes of part `i` (`0..=PARTS`) of large data of `len` bytes.
+fn part_range(len: u64, i: usize) -> std::ops::Range<u64> {
+    let chunk = part_chunk(len);
+    let start = i as u64 * chunk;
+    start..if i == PARTS { len } else { start + chunk }
+}
+
+/// The outer hash of large data, fed its parts' hashes (the metadata follows).
+fn outer_over(hashes: &[u64; PARTS + 1]) -> Xxh64 {
+    let mut outer = Xxh64::new(0);
+    for h in hashes {
+        outer.update(&h.to_le_bytes());
+    }
+    outer
+}
+
 /// Computes the digest of an object's contents, as libplasma 11 does.
 pub fn object_digest(data: &[u8], metadata: &[u8]) -> Digest {
-    let mut outer = Xxh64::new(0);
-    if data.len() < PARALLEL_THRESHOLD {
+    let mut outer = if data.len() < PARALLEL_THRESHOLD {
+        let mut outer = Xxh64::new(0);
         outer.update(data);
+        outer
     } else {
-        let chunk = (data.len() / 64 / PARTS) * 64;
         let mut hashes = [0u64; PARTS + 1];
-        hash_parts_threaded(data, chunk, &mut hashes);
-        for h in hashes {
-            outer.update(&h.to_le_bytes());
-        }
-    }
+        hash_parts_threaded(data, &mut hashes);
+        outer_over(&hashes)
+    };
     outer.update(metadata);
     outer.digest().to_le_bytes()
 }
@@ -53,24 +73,22 @@ pub fn copy_and_digest_prepared(
 ) -> Digest {
     let n = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..n], &src[..n]);
-    let mut outer = Xxh64::new(0);
-    if n < PARALLEL_THRESHOLD {
+    let mut outer = if n < PARALLEL_THRESHOLD {
         prepare(0, dst);
         dst.copy_from_slice(src);
+        let mut outer = Xxh64::new(0);
         outer.update(src);
+        outer
     } else {
-        let chunk = (n / 64 / PARTS) * 64;
         let mut hashes = [0u64; PARTS + 1];
         let workers = if n >= THREADED_THRESHOLD {
             threads.clamp(1, PARTS + 1)
         } else {
             1
         };
-        copy_parts_threaded(dst, src, chunk, workers, &mut hashes, prepare);
-        for h in hashes {
-            outer.update(&h.to_le_bytes());
-        }
-    }
+        copy_parts_threaded(dst, src, workers, &mut hashes, prepare);
+        outer_over(&hashes)
+    };
     outer.update(metadata);
     outer.digest().to_le_bytes()
 }
@@ -199,16 +217,18 @@ fn copy_xxh64_streaming(dst: &mut [u8], src: &[u8]) -> u64 {
 /// One digest part: its offset, destination and source.
 type Part<'a> = (usize, &'a mut [u8], &'a [u8]);
 
-/// The digest parts of `dst` and `src` (eight of `chunk` bytes, then the tail).
-fn split_parts<'a>(mut dst: &'a mut [u8], mut src: &'a [u8], chunk: usize) -> Vec<Part<'a>> {
+/// The digest parts of `dst` and `src` (of equal length): [`part_range`]'s.
+fn split_parts<'a>(mut dst: &'a mut [u8], mut src: &'a [u8]) -> Vec<Part<'a>> {
+    let len = dst.len() as u64;
     let mut parts = Vec::with_capacity(PARTS + 1);
-    for i in 0..PARTS {
-        let (d, d_rest) = dst.split_at_mut(chunk.min(dst.len()));
-        let (s, s_rest) = src.split_at(chunk.min(src.len()));
-        parts.push((i * chunk, d, s));
+    for i in 0..=PARTS {
+        let r = part_range(len, i);
+        let size = (r.end - r.start) as usize;
+        let (d, d_rest) = dst.split_at_mut(size.min(dst.len()));
+        let (s, s_rest) = src.split_at(size.min(src.len()));
+        parts.push((r.start as usize, d, s));
         (dst, src) = (d_rest, s_rest);
     }
-    parts.push((PARTS * chunk, dst, src));
     parts
 }
 
@@ -224,7 +244,6 @@ fn do_part(part: Part<'_>, stream: bool, prepare: &(dyn Fn(usize, &mut [u8]) + S
 fn copy_parts_threaded(
     dst: &mut [u8],
     src: &[u8],
-    chunk: usize,
     workers: usize,
     hashes: &mut [u64; PARTS + 1],
     prepare: &(dyn Fn(usize, &mut [u8]) + Sync),
@@ -233,7 +252,7 @@ fn copy_parts_threaded(
     let stream = dst.len() >= STREAM_THRESHOLD;
     let failed = std::thread::scope(|s| {
         let mut failed = Vec::new();
-        let mut parts = split_parts(dst, src, chunk);
+        let mut parts = split_parts(dst, src);
         let mut groups = Vec::new();
         while !parts.is_empty() {
             let rest = parts.split_off(per.min(parts.len()));
@@ -262,7 +281,7 @@ fn copy_parts_threaded(
     if failed.is_empty() {
         return;
     }
-    let parts = split_parts(dst, src, chunk);
+    let parts = split_parts(dst, src);
     for (i, part) in parts.into_iter().enumerate() {
         if failed.contains(&(i / per)) {
             hashes[i] = do_part(part, stream, prepare);
@@ -295,18 +314,14 @@ pub fn object_digest_from(
     if data_len < PARALLEL_THRESHOLD as u64 {
         feed(&mut outer, 0, data_len)?;
     } else {
-        let chunk = (data_len / 64 / PARTS as u64) * 64;
-        for i in 0..=PARTS as u64 {
-            let start = i * chunk;
-            let end = if i == PARTS as u64 {
-                data_len
-            } else {
-                start + chunk
-            };
+        let mut hashes = [0u64; PARTS + 1];
+        for (i, h) in hashes.iter_mut().enumerate() {
+            let r = part_range(data_len, i);
             let mut part = Xxh64::new(0);
-            feed(&mut part, start, end)?;
-            outer.update(&part.digest().to_le_bytes());
+            feed(&mut part, r.start, r.end)?;
+            *h = part.digest();
         }
+        outer = outer_over(&hashes);
     }
     let total = data_len.saturating_add(metadata_len);
     feed(&mut outer, data_len, total)?;
@@ -314,22 +329,19 @@ pub fn object_digest_from(
 }
 
 /// Hashes parts `first..first + out.len()` of `data` (part `PARTS` is the tail) into `out`.
-fn hash_parts(data: &[u8], chunk: usize, first: usize, out: &mut [u64]) {
+fn hash_parts(data: &[u8], first: usize, out: &mut [u64]) {
     for (k, slot) in out.iter_mut().enumerate() {
-        let i = first + k;
-        let start = i * chunk;
-        let end = if i == PARTS {
-            data.len()
-        } else {
-            start + chunk
-        };
-        *slot = data.get(start..end).map(|d| xxh64(d, 0)).unwrap_or(0);
+        let r = part_range(data.len() as u64, first + k);
+        *slot = data
+            .get(r.start as usize..r.end as usize)
+            .map(|d| xxh64(d, 0))
+            .unwrap_or(0);
     }
 }
 
 /// Hashes all parts, each on its own thread for large data. Parts whose thread could not be
 /// started are hashed by the calling thread.
-fn hash_parts_threaded(data: &[u8], chunk: usize, hashes: &mut [u64; PARTS + 1]) {
+fn hash_parts_threaded(data: &[u8], hashes: &mut [u64; PARTS + 1]) {
     let per = if data.len() >= THREADED_THRESHOLD {
         1
     } else {
@@ -340,20 +352,20 @@ fn hash_parts_threaded(data: &[u8], chunk: usize, hashes: &mut [u64; PARTS + 1])
         let mut groups = hashes.chunks_mut(per).enumerate();
         let mine = groups.next();
         for (g, out) in groups {
-            let spawned = std::thread::Builder::new()
-                .spawn_scoped(s, move || hash_parts(data, chunk, g * per, out));
+            let spawned =
+                std::thread::Builder::new().spawn_scoped(s, move || hash_parts(data, g * per, out));
             if spawned.is_err() {
                 failed.push(g);
             }
         }
         if let Some((_, out)) = mine {
-            hash_parts(data, chunk, 0, out);
+            hash_parts(data, 0, out);
         }
         failed
     });
     for g in failed {
         let end = ((g + 1) * per).min(hashes.len());
-        hash_parts(data, chunk, g * per, &mut hashes[g * per..end]);
+        hash_parts(data, g * per, &mut hashes[g * per..end]);
     }
 }
 
@@ -400,9 +412,8 @@ mod tests {
     fn threaded_hashing_gives_the_sequential_result() {
         // Above THREADED_THRESHOLD, with a tail longer than a chunk.
         let data: Vec<u8> = (0..(9 << 20) + 999).map(|i| (i * 13 % 256) as u8).collect();
-        let chunk = (data.len() / 64 / PARTS) * 64;
         let mut sequential = [0u64; PARTS + 1];
-        hash_parts(&data, chunk, 0, &mut sequential);
+        hash_parts(&data, 0, &mut sequential);
         let mut outer = Xxh64::new(0);
         for h in sequential {
             outer.update(&h.to_le_bytes());

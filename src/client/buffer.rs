@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use super::memory::{MutRegion, Region, touch};
+use super::memory::{MutRegion, Region};
 use super::state::split;
 use super::{Error, Shared};
 use crate::digest::copy_and_digest_prepared;
@@ -92,6 +92,14 @@ impl MutableBuffer {
         }
     }
 
+    /// Whether this is the first write access and the object large enough to fault in first
+    /// (once per buffer).
+    fn first_large_write(&mut self) -> bool {
+        let first = !self.touched;
+        self.touched = true;
+        first && self.data_len >= POPULATE_THRESHOLD
+    }
+
     /// The object's id.
     pub fn id(&self) -> ObjectId {
         self.lease.id
@@ -106,12 +114,9 @@ impl MutableBuffer {
     /// The data bytes, writable.
     pub fn data_mut(&mut self) -> &mut [u8] {
         self.digest = None;
-        if !self.touched {
-            self.touched = true;
-            if self.data_len >= POPULATE_THRESHOLD {
-                // Fresh memory is faulted in by one call rather than page by page.
-                self.region.populate();
-            }
+        if self.first_large_write() {
+            // Fresh memory is faulted in at once rather than page by page.
+            self.region.populate();
         }
         let bytes = self.region.bytes_mut();
         let n = self.data_len.min(bytes.len());
@@ -125,16 +130,11 @@ impl MutableBuffer {
     /// Large data is faulted in part by part, each part by the thread that copies it.
     pub fn write_all(&mut self, src: &[u8], threads: usize) {
         let data_len = self.data_len;
-        let populate = !self.touched && data_len >= POPULATE_THRESHOLD;
-        self.touched = true;
+        let populate = self.first_large_write();
         let view = self.region.view();
         let prepare = move |offset: usize, part: &mut [u8]| {
             if populate {
-                let touch = &mut |a: usize, b: usize| {
-                    let range = a.saturating_sub(offset)..b.saturating_sub(offset);
-                    touch(part.get(range).unwrap_or_default());
-                };
-                view.populate(offset, offset + part.len(), touch);
+                view.populate(offset, part);
             }
         };
         let bytes = self.region.bytes_mut();

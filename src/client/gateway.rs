@@ -76,9 +76,10 @@ impl GatewayMisses {
             // No fds travel here, so reading ahead of the current message is safe.
             let spare = self.decoder.spare(READ_CHUNK);
             let len = spare.len();
-            match self.sock.read(spare) {
+            let read = self.sock.read(spare);
+            self.decoder.commit(len, *read.as_ref().unwrap_or(&0));
+            match read {
                 Ok(0) => {
-                    self.decoder.commit(len, 0);
                     self.done = true;
                     if self.decoder.buffered() == 0 {
                         return Ok(None);
@@ -88,9 +89,8 @@ impl GatewayMisses {
                         "the miss socket closed in the middle of a message",
                     )));
                 }
-                Ok(n) => self.decoder.commit(len, n),
+                Ok(_) => {}
                 Err(e) => {
-                    self.decoder.commit(len, 0);
                     if e.kind() != io::ErrorKind::Interrupted {
                         return Err(Error::Io(e));
                     }

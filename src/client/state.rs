@@ -281,13 +281,10 @@ impl Inner {
             None => return Err(Error::ObjectNotFound(id)),
             Some(e) if e.sealed => return Err(Error::AlreadySealed(id)),
             Some(e) if e.writer => return Err(Error::ObjectInUse(id)),
-            Some(e) => match known {
-                Some(d) => d,
-                None => {
-                    let (data, metadata) = e.parts();
-                    object_digest(data, metadata)
-                }
-            },
+            Some(e) => known.unwrap_or_else(|| {
+                let (data, metadata) = e.parts();
+                object_digest(data, metadata)
+            }),
         };
         let r = match self.call(&Request::Seal {
             object_id: id,
@@ -664,15 +661,9 @@ impl Inner {
     /// Registers this connection as the store's gateway: sends the request and one end of a
     /// new socket pair, for the store's misses; returns the other end.
     pub fn register_gateway(&mut self) -> Result<UnixStream, Error> {
-        self.conn()?;
-        let (ours, theirs) = UnixStream::pair()?;
-        theirs.set_nonblocking(true)?;
+        let ours = self.pass_socket(&Request::GatewayRegister)?;
         let r = self
             .conn()
-            .and_then(|c| c.send(&Request::GatewayRegister))
-            .and_then(|()| self.conn())
-            .and_then(|c| c.send_fd(theirs.as_fd()))
-            .and_then(|()| self.conn())
             .and_then(|c| c.recv(MessageType::GatewayRegisterReply));
         let r = match self.check(r)? {
             Reply::GatewayRegister {
@@ -693,11 +684,9 @@ impl Inner {
 
     /// Tells the store these pulls failed (gateway only; no reply).
     pub fn gateway_pull_failed(&mut self, ids: &[ObjectId]) -> Result<(), Error> {
-        self.conn()?;
-        let r = self.send(&Request::GatewayPullFailed {
+        self.send(&Request::GatewayPullFailed {
             object_ids: ids.to_vec(),
-        });
-        self.check(r)
+        })
     }
 
     /// Describes the sealed objects among `ids` (gateway only).
@@ -717,16 +706,23 @@ impl Inner {
         if self.subscribed {
             return Err(Error::AlreadySubscribed);
         }
+        let ours = self.pass_socket(&Request::Subscribe)?;
+        self.subscribed = true;
+        Ok(ours)
+    }
+
+    /// Sends `req` and one end of a new socket pair (subscribe, gateway registration);
+    /// returns the other end.
+    fn pass_socket(&mut self, req: &Request) -> Result<UnixStream, Error> {
         let (ours, theirs) = UnixStream::pair()?;
         // The store writes to its end from its event loop: it must never block there.
         theirs.set_nonblocking(true)?;
         let r = self
             .conn()
-            .and_then(|c| c.send(&Request::Subscribe))
+            .and_then(|c| c.send(req))
             .and_then(|()| self.conn())
             .and_then(|c| c.send_fd(theirs.as_fd()));
         self.check(r)?;
-        self.subscribed = true;
         Ok(ours)
     }
 }
