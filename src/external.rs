@@ -227,18 +227,6 @@ pub fn persistent_dirs_under(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The id a spill file is named after.
-fn id_of_file(name: &str) -> Option<ObjectId> {
-    if name.len() != 40 || !name.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return None;
-    }
-    let mut id = [0u8; 20];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(name.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(ObjectId(id))
-}
-
 impl SpillDir {
     /// Makes this store's directory under `parent`, after removing those of stores that no
     /// longer run.
@@ -300,7 +288,7 @@ impl SpillDir {
                 }
                 continue;
             }
-            match id_of_file(&name) {
+            match ObjectId::from_hex(&name) {
                 Some(id) => {
                     let size = entry.metadata()?.len();
                     d.used += size;

@@ -114,9 +114,7 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
 
 /// Parses a hex object id (40 hex digits).
 pub fn parse_hex_id(s: &str) -> Result<ObjectId, GwError> {
-    unhex(s)
-        .and_then(|b| <[u8; 20]>::try_from(b.as_slice()).ok())
-        .map(ObjectId)
+    ObjectId::from_hex(s)
         .ok_or_else(|| GwError::InvalidArgument(format!("not a hex object id: {s:?}")))
 }
 

@@ -163,15 +163,7 @@ fn parse_id(s: &str) -> Result<ObjectId> {
             format!("bad object id {s:?}: expected 40 hex digits"),
         )
     };
-    let s = s.trim();
-    if s.len() != 40 || !s.is_ascii() {
-        return Err(bad());
-    }
-    let mut id = [0u8; 20];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
-    }
-    Ok(ObjectId(id))
+    ObjectId::from_hex(s.trim()).ok_or_else(bad)
 }
 
 /// A byte count with an optional unit.

@@ -28,6 +28,24 @@ impl ObjectId {
     pub fn hex(&self) -> String {
         self.0.iter().map(|b| format!("{b:02x}")).collect()
     }
+
+    /// The id written as 40 hex digits (either case), the inverse of [`ObjectId::hex`].
+    pub fn from_hex(s: &str) -> Option<ObjectId> {
+        fn digit(c: u8) -> Option<u8> {
+            char::from(c)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        }
+        let (pairs, rest) = s.as_bytes().as_chunks::<2>();
+        if pairs.len() != OBJECT_ID_LEN || !rest.is_empty() {
+            return None;
+        }
+        let mut id = [0u8; OBJECT_ID_LEN];
+        for (b, [hi, lo]) in id.iter_mut().zip(pairs) {
+            *b = digit(*hi)? << 4 | digit(*lo)?;
+        }
+        Some(ObjectId(id))
+    }
 }
 
 impl TryFrom<&[u8]> for ObjectId {
@@ -475,6 +493,28 @@ impl Reply {
             Reply::Data { .. } => MessageType::DataReply,
             Reply::GatewayRegister { .. } => MessageType::GatewayRegisterReply,
             Reply::GatewayInfo { .. } => MessageType::GatewayInfoReply,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_ids_round_trip_and_anything_else_is_refused() {
+        let id = ObjectId(std::array::from_fn(|i| (i * 37 + 5) as u8));
+        assert_eq!(ObjectId::from_hex(&id.hex()), Some(id));
+        assert_eq!(ObjectId::from_hex(&id.hex().to_uppercase()), Some(id));
+        let h = id.hex();
+        for bad in [
+            &h[..39],
+            &format!("{h}0"),
+            &format!("+{}", &h[1..]),
+            &h.replace('5', "g"),
+            "",
+        ] {
+            assert_eq!(ObjectId::from_hex(bad), None, "{bad:?}");
         }
     }
 }
