@@ -1,11 +1,11 @@
 //! The gateway's handle on its local store: the crate's blocking client, called from tokio on
-//! the blocking pool, and the store's gateway extension (misses, failed pulls, object info,
-//! sealing with a given digest) behind the [`gw`] module.
+//! the blocking pool, and the guard of the objects the gateway writes.
 
 use plasma_store::client::{Client, MutableBuffer};
 use plasma_store::protocol::{Digest, ObjectId};
 
 use crate::error::GwError;
+use crate::tuning;
 
 /// The local store, shared by the Flight service and the pull engine. Every call is one
 /// Unix-socket round trip on the blocking pool (the client is blocking and serialises its
@@ -58,8 +58,17 @@ impl Pending {
         }
     }
 
+    /// Copies `src` into the data and computes the digest in the same pass (the seal then
+    /// sends it instead of reading the object again). Blocking for large data: run it on the
+    /// pool.
+    pub fn write_all(&mut self, src: &[u8]) {
+        if let Some(b) = self.buf.as_mut() {
+            b.write_all(src, tuning::COPY_THREADS);
+        }
+    }
+
     /// Takes the buffer out to seal it; the guard no longer aborts it.
-    pub fn take(mut self) -> Option<MutableBuffer> {
+    fn take(mut self) -> Option<MutableBuffer> {
         self.buf.take()
     }
 
@@ -71,7 +80,7 @@ impl Pending {
             .take()
             .ok_or_else(|| GwError::Internal("no buffer".into()))?;
         let sealed = match digest {
-            Some(d) => gw::seal_with_digest(buf, d)?,
+            Some(d) => buf.seal_with_digest(d)?,
             None => buf.seal()?,
         };
         drop(sealed);
@@ -92,51 +101,10 @@ impl Drop for Pending {
     }
 }
 
-/// The store's gateway extension (`schema/EXTENSIONS.md`), as the gateway uses it: one
-/// small seam, so that the rest of the gateway depends on these few calls only.
-pub mod gw {
-    use plasma_store::client::{
-        Client, Error, GatewayMisses, MutableBuffer, ObjectBuffer, ObjectInfo,
-    };
-    use plasma_store::protocol::{Digest, ObjectId};
-
-    /// A source of misses: ids that clients of the store wait for and the store does not
-    /// have. Blocking.
-    pub trait MissSource: Send {
-        /// The next misses (never empty); `None` once the store closed the miss socket.
-        fn next_misses(&mut self) -> Result<Option<Vec<ObjectId>>, Error>;
-    }
-
-    impl MissSource for GatewayMisses {
-        fn next_misses(&mut self) -> Result<Option<Vec<ObjectId>>, Error> {
-            GatewayMisses::next_misses(self)
-        }
-    }
-
-    /// Registers the client's connection as the store's gateway.
-    pub fn register(client: &Client) -> Result<Box<dyn MissSource>, Error> {
-        Ok(Box::new(client.register_gateway()?))
-    }
-
-    /// Tells the store that the pulls of `ids` failed (their next get misses again).
-    pub fn pull_failed(client: &Client, ids: &[ObjectId]) -> Result<(), Error> {
-        client.gateway_pull_failed(ids)
-    }
-
-    /// The info of those of `ids` that are sealed in the store.
-    pub fn info(client: &Client, ids: &[ObjectId]) -> Result<Vec<ObjectInfo>, Error> {
-        client.gateway_info(ids)
-    }
-
-    /// Seals `buf` with the given digest (a pulled copy keeps its origin's).
-    pub fn seal_with_digest(buf: MutableBuffer, digest: Digest) -> Result<ObjectBuffer, Error> {
-        buf.seal_with_digest(digest)
-    }
-}
-
 /// The info of one sealed object, or `NotFound`.
 pub fn info_of(client: &Client, id: ObjectId) -> Result<plasma_store::client::ObjectInfo, GwError> {
-    gw::info(client, &[id])?
+    client
+        .gateway_info(&[id])?
         .into_iter()
         .find(|o| o.object_id == id)
         .ok_or(GwError::NotFound(id))

@@ -25,7 +25,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Request, Status};
 
-use crate::local::{Local, gw};
+use crate::local::Local;
 use crate::peers::{AddToken, Peer};
 
 /// An Arrow Flight gateway between Plasma stores on different machines.
@@ -191,7 +191,7 @@ async fn serve(
     // Remote gets: register as the store's gateway and feed its misses to the pull engine.
     let (store_gone_tx, store_gone) = tokio::sync::oneshot::channel::<String>();
     let n_peers = peers.len();
-    match gw::register(local.client()) {
+    match local.client().register_gateway() {
         Ok(source) => {
             let puller = pull::Puller::new(local.clone(), Arc::new(pull::Broadcast::new(peers)));
             let handle = tokio::runtime::Handle::current();

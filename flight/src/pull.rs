@@ -8,20 +8,21 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use arrow_flight::decode::{DecodedPayload, FlightDataDecoder};
+use arrow_flight::decode::FlightDataDecoder;
 use arrow_flight::error::FlightError;
 use arrow_flight::{FlightDescriptor, Ticket};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
+use plasma_store::client::GatewayMisses;
 use plasma_store::protocol::ObjectId;
 use tokio::sync::Semaphore;
 
 use crate::error::GwError;
-use crate::form::{self, Filler};
-use crate::local::{Local, Pending, gw};
+use crate::form;
+use crate::local::{Local, Pending};
 use crate::peers::{Peer, ms};
-use crate::service::write_rows;
+use crate::service::{create_for_rows, fill_rows, read_schema};
 use crate::tuning;
 
 /// Where an object was found.
@@ -138,7 +139,10 @@ impl Puller {
                     Ok(None) => log::debug!("{id} appeared locally while pulling"),
                     Err(e) => {
                         log::warn!("pull of {id} failed: {e}");
-                        let r = me.local.run(move |c| Ok(gw::pull_failed(c, &[id])?)).await;
+                        let r = me
+                            .local
+                            .run(move |c| Ok(c.gateway_pull_failed(&[id])?))
+                            .await;
                         if let Err(e) = r {
                             log::warn!("could not report the failed pull of {id}: {e}");
                         }
@@ -171,13 +175,11 @@ impl Puller {
             .into_inner()
             .map(|r| r.map_err(|s| FlightError::Tonic(Box::new(s))));
         let mut d = FlightDataDecoder::new(stream);
-        let schema = loop {
-            match next_payload(&mut d).await? {
-                Some(DecodedPayload::Schema(s)) => break s,
-                Some(DecodedPayload::None) => continue,
-                _ => return Err(GwError::Peer("raw stream without a schema".into())),
-            }
-        };
+        let idle = Some(tuning::IDLE_TIMEOUT);
+        let schema = read_schema(&mut d, idle, || {
+            GwError::Peer("raw stream without a schema".into())
+        })
+        .await?;
         if !form::is_opaque(&schema) {
             return Err(GwError::Peer("raw stream not in the opaque form".into()));
         }
@@ -197,7 +199,7 @@ impl Puller {
         let metadata = header.metadata;
         let created = self
             .local
-            .run(move |c| Ok(c.create(id, size, &metadata)?))
+            .run(move |c| create_for_rows(c, id, size, &metadata))
             .await;
         self.forget(id);
         let mut pending = match created {
@@ -205,13 +207,7 @@ impl Puller {
             Err(GwError::AlreadyExists(_)) => return Ok(None),
             Err(e) => return Err(e),
         };
-        let mut filler = Filler::new(size);
-        while let Some(p) = next_payload(&mut d).await? {
-            if let DecodedPayload::RecordBatch(b) = p {
-                write_rows(&b, &mut filler, &mut pending)?;
-            }
-        }
-        filler.finish()?;
+        fill_rows(&mut d, idle, size, &mut pending).await?;
         let digest = header.digest;
         self.local.run(move |_| pending.seal(digest)).await?;
         Ok(Some((size, loc.peer.addr.clone())))
@@ -221,7 +217,7 @@ impl Puller {
 /// Feeds the store's misses to `puller` from a dedicated thread (the miss socket is
 /// blocking). Returns when the store goes away.
 pub fn miss_loop(
-    mut source: Box<dyn gw::MissSource>,
+    mut source: GatewayMisses,
     puller: Arc<Puller>,
     rt: tokio::runtime::Handle,
 ) -> String {
@@ -235,15 +231,5 @@ pub fn miss_loop(
             }
             Err(e) => return e.to_string(),
         }
-    }
-}
-
-/// The next payload of a transfer, failing if none comes within [`tuning::IDLE_TIMEOUT`].
-async fn next_payload(d: &mut FlightDataDecoder) -> Result<Option<DecodedPayload>, GwError> {
-    match tokio::time::timeout(tuning::IDLE_TIMEOUT, d.next()).await {
-        Err(_) => Err(GwError::Peer("transfer stalled".into())),
-        Ok(None) => Ok(None),
-        Ok(Some(Ok(p))) => Ok(Some(p.payload)),
-        Ok(Some(Err(e))) => Err(GwError::from(e)),
     }
 }

@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_array::{Array, ArrayRef, BinaryArray, RecordBatch};
 use arrow_buffer::{Buffer, OffsetBuffer, ScalarBuffer};
@@ -21,7 +22,7 @@ use arrow_schema::SchemaRef;
 use bytes::Bytes;
 use futures::stream::{self, BoxStream};
 use futures::{Stream, StreamExt, TryStreamExt};
-use plasma_store::client::{ObjectBuffer, ObjectInfo};
+use plasma_store::client::{Client, MutableBuffer, ObjectBuffer, ObjectInfo};
 use plasma_store::protocol::ObjectId;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -103,12 +104,13 @@ pub fn opaque_batches(
     })
 }
 
-/// The Flight stream of an object in the form the ticket asks for. `obj` stays referenced
+/// The Flight stream of an object in the form the ticket asks for (`digest()` gives the
+/// store's digest of it, asked for only when the opaque form needs it). `obj` stays referenced
 /// (the store will not free it) until the last batch that points into it is sent.
 fn object_stream(
     kind: TicketKind,
     obj: ObjectBuffer,
-    digest: Option<[u8; 8]>,
+    digest: impl FnOnce() -> Option<[u8; 8]>,
 ) -> Result<BoxStream<'static, Result<FlightData, FlightError>>, GwError> {
     let id = obj.id();
     let metadata = obj.metadata().to_vec();
@@ -122,7 +124,7 @@ fn object_stream(
             .build(stream::iter(batches.into_iter().map(Ok)));
         return Ok(enc.boxed());
     }
-    let digest = digest.or_else(|| Some(plasma_store::digest::object_digest(&data, &metadata)));
+    let digest = digest().or_else(|| Some(plasma_store::digest::object_digest(&data, &metadata)));
     let schema = form::opaque_schema(id, data.len() as u64, Ok(&metadata), digest);
     let enc = FlightDataEncoderBuilder::new()
         .with_max_flight_data_size(MAX_FLIGHT_DATA)
@@ -205,8 +207,7 @@ impl FlightService for Service {
                     .pop()
                     .flatten()
                     .ok_or(GwError::NotFound(id))?;
-                let digest = info_of(c, id).ok().and_then(|i| i.digest);
-                object_stream(kind, obj, digest)
+                object_stream(kind, obj, || info_of(c, id).ok().and_then(|i| i.digest))
             })
             .await?;
         Ok(Response::new(s.map_err(flight_to_status).boxed()))
@@ -291,46 +292,84 @@ pub fn opaque_rows(batch: &RecordBatch) -> Result<&BinaryArray, GwError> {
     Ok(col)
 }
 
-/// Writes the rows of one opaque-form batch into `pending`, where `filler` places them.
-pub fn write_rows(
-    batch: &RecordBatch,
-    filler: &mut Filler,
-    pending: &mut Pending,
-) -> Result<(), GwError> {
-    for row in opaque_rows(batch)?.iter().flatten() {
-        let r = filler.take(row.len())?;
-        pending
-            .data_mut()
-            .get_mut(r)
-            .ok_or_else(|| GwError::Internal("row beyond the object".into()))?
-            .copy_from_slice(row);
-    }
-    Ok(())
+/// Creates object `id` to write a stream's rows into, and faults its memory in here, on the
+/// blocking pool, rather than on the runtime thread that writes the first row.
+pub fn create_for_rows(
+    c: &Client,
+    id: ObjectId,
+    size: u64,
+    metadata: &[u8],
+) -> Result<MutableBuffer, GwError> {
+    let mut buf = c.create(id, size, metadata)?;
+    let _ = buf.data_mut();
+    Ok(buf)
 }
 
-/// The next decoded payload, or `None` at the end of the stream.
-async fn next_payload(d: &mut FlightDataDecoder) -> Result<Option<DecodedPayload>, GwError> {
-    match d.next().await {
+/// Writes the rows of the rest of an opaque-form stream into `pending` (an object of `size`
+/// bytes), each where the stream says; fails unless they fill it exactly.
+pub async fn fill_rows(
+    d: &mut FlightDataDecoder,
+    timeout: Option<Duration>,
+    size: u64,
+    pending: &mut Pending,
+) -> Result<(), GwError> {
+    let mut filler = Filler::new(size);
+    while let Some(p) = next_payload(d, timeout).await? {
+        if let DecodedPayload::RecordBatch(b) = p {
+            for row in opaque_rows(&b)?.iter().flatten() {
+                let r = filler.take(row.len())?;
+                pending
+                    .data_mut()
+                    .get_mut(r)
+                    .ok_or_else(|| GwError::Internal("row beyond the object".into()))?
+                    .copy_from_slice(row);
+            }
+        }
+    }
+    filler.finish()
+}
+
+/// The next decoded payload, or `None` at the end of the stream; with a `timeout`, failing if
+/// none comes within it.
+pub async fn next_payload(
+    d: &mut FlightDataDecoder,
+    timeout: Option<Duration>,
+) -> Result<Option<DecodedPayload>, GwError> {
+    let next = match timeout {
+        Some(t) => tokio::time::timeout(t, d.next())
+            .await
+            .map_err(|_| GwError::Peer("transfer stalled".into()))?,
+        None => d.next().await,
+    };
+    match next {
         None => Ok(None),
         Some(Ok(p)) => Ok(Some(p.payload)),
         Some(Err(e)) => Err(e.into()),
     }
 }
 
+/// The schema a stream starts with; `missing()` if a batch or the end comes first.
+pub async fn read_schema(
+    d: &mut FlightDataDecoder,
+    timeout: Option<Duration>,
+    missing: impl Fn() -> GwError,
+) -> Result<SchemaRef, GwError> {
+    loop {
+        match next_payload(d, timeout).await? {
+            Some(DecodedPayload::Schema(s)) => return Ok(s),
+            Some(DecodedPayload::None) => continue,
+            Some(DecodedPayload::RecordBatch(_)) | None => return Err(missing()),
+        }
+    }
+}
+
 /// Stores a DoPut stream as object `id` (see the contract in `form`): sealed only when the
 /// stream ends cleanly and completely; otherwise the object is aborted (by [`Pending`]).
 async fn receive_put(local: &Local, id: ObjectId, mut d: FlightDataDecoder) -> Result<(), GwError> {
-    let schema = loop {
-        match next_payload(&mut d).await? {
-            Some(DecodedPayload::Schema(s)) => break s,
-            Some(DecodedPayload::None) => continue,
-            Some(DecodedPayload::RecordBatch(_)) | None => {
-                return Err(GwError::InvalidArgument(
-                    "DoPut stream without a schema".into(),
-                ));
-            }
-        }
-    };
+    let schema = read_schema(&mut d, None, || {
+        GwError::InvalidArgument("DoPut stream without a schema".into())
+    })
+    .await?;
     if local.run(move |c| Ok(c.contains(id)?)).await? {
         return Err(GwError::AlreadyExists(id));
     }
@@ -346,20 +385,14 @@ async fn receive_put(local: &Local, id: ObjectId, mut d: FlightDataDecoder) -> R
             // Known size: create up front and write each row where it belongs.
             let metadata = header.metadata;
             let buf = local
-                .run(move |c| Ok(c.create(id, size, &metadata)?))
+                .run(move |c| create_for_rows(c, id, size, &metadata))
                 .await?;
             let mut pending = Pending::new(buf);
-            let mut filler = Filler::new(size);
-            while let Some(p) = next_payload(&mut d).await? {
-                if let DecodedPayload::RecordBatch(b) = p {
-                    write_rows(&b, &mut filler, &mut pending)?;
-                }
-            }
-            filler.finish()?;
+            fill_rows(&mut d, None, size, &mut pending).await?;
             return seal(local, pending).await;
         }
         let mut bytes = Vec::new();
-        while let Some(p) = next_payload(&mut d).await? {
+        while let Some(p) = next_payload(&mut d, None).await? {
             if let DecodedPayload::RecordBatch(b) = p {
                 for row in opaque_rows(&b)?.iter().flatten() {
                     if (bytes.len() + row.len()) as u64 > capacity {
@@ -373,7 +406,7 @@ async fn receive_put(local: &Local, id: ObjectId, mut d: FlightDataDecoder) -> R
     }
     // Any other schema: the object is the Arrow IPC stream of the batches.
     let mut w = StreamWriter::try_new(Vec::new(), &schema)?;
-    while let Some(p) = next_payload(&mut d).await? {
+    while let Some(p) = next_payload(&mut d, None).await? {
         if let DecodedPayload::RecordBatch(b) = p {
             if b.schema() != schema {
                 return Err(GwError::InvalidArgument(
@@ -401,7 +434,7 @@ async fn store_bytes(
     local
         .run(move |c| {
             let mut pending = Pending::new(c.create(id, bytes.len() as u64, &metadata)?);
-            pending.data_mut().copy_from_slice(&bytes);
+            pending.write_all(&bytes);
             pending.seal(None)
         })
         .await

@@ -48,3 +48,7 @@ pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long open calls may go on after SIGINT/SIGTERM before the gateway exits anyway.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Threads that copy (and hash) a DoPut object buffered in memory into the store, as the
+/// Python client's `memcopy_threads` default.
+pub const COPY_THREADS: usize = 6;
