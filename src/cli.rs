@@ -289,7 +289,10 @@ pub fn run(args: impl IntoIterator<Item = String>) -> ExitCode {
 
     let (socket, capacity) = (config.socket.clone(), config.store.capacity);
     let memory = match (&config.store.segment.directory, &config.store.persist) {
-        (_, Some(p)) => format!("{} (persistent)", p.dir.join("segment").display()),
+        (_, Some(p)) => format!(
+            "{} (persistent)",
+            p.dir.join(crate::persist::SEGMENT_FILE).display()
+        ),
         (None, None) => "an anonymous memfd".to_string(),
         (Some(d), None) => d.display().to_string(),
     };

@@ -146,9 +146,7 @@ impl ExternalStore {
     pub fn put_back(&mut self, id: ObjectId, bytes: Vec<u8>) -> io::Result<()> {
         match self {
             ExternalStore::Files(d) if d.persistent && d.file(id).exists() => {
-                let size = (HEADER + bytes.len()) as u64;
-                d.used += size;
-                d.sizes.insert(id, size);
+                d.count(id, (HEADER + bytes.len()) as u64);
                 Ok(())
             }
             _ => self.put(id, bytes),
@@ -290,9 +288,7 @@ impl SpillDir {
             }
             match ObjectId::from_hex(&name) {
                 Some(id) => {
-                    let size = entry.metadata()?.len();
-                    d.used += size;
-                    d.sizes.insert(id, size);
+                    d.count(id, entry.metadata()?.len());
                 }
                 None => warn!("{} is not a spill file; left alone", entry.path().display()),
             }
@@ -377,9 +373,23 @@ impl SpillDir {
             let _ = fs::remove_file(&tmp);
         }
         written?;
-        self.used += size;
-        self.sizes.insert(id, size);
+        self.count(id, size);
         Ok(())
+    }
+
+    /// Counts a spill file of `size` bytes (against the limit).
+    fn count(&mut self, id: ObjectId, size: u64) {
+        if let Some(old) = self.sizes.insert(id, size) {
+            self.used -= old;
+        }
+        self.used += size;
+    }
+
+    /// Stops counting a spill file.
+    fn uncount(&mut self, id: ObjectId) {
+        if let Some(size) = self.sizes.remove(&id) {
+            self.used -= size;
+        }
     }
 
     fn take(&mut self, id: ObjectId) -> io::Result<Vec<u8>> {
@@ -388,9 +398,7 @@ impl SpillDir {
         if self.persistent {
             // The file stays until the object's new seal record is written (the store then
             // calls `remove`); it no longer counts against the limit.
-            if let Some(size) = self.sizes.remove(&id) {
-                self.used -= size;
-            }
+            self.uncount(id);
         } else {
             self.remove(id);
         }
@@ -426,9 +434,7 @@ impl SpillDir {
     }
 
     fn remove(&mut self, id: ObjectId) {
-        if let Some(size) = self.sizes.remove(&id) {
-            self.used -= size;
-        }
+        self.uncount(id);
         let path = self.file(id);
         if let Err(e) = fs::remove_file(&path)
             && e.kind() != io::ErrorKind::NotFound

@@ -58,7 +58,7 @@ pub const COMPACT_SLACK: u64 = 1 << 16;
 
 const LOG_FILE: &str = "objects.log";
 const LOG_TEMP: &str = "objects.log.new";
-const SEGMENT_FILE: &str = "segment";
+pub const SEGMENT_FILE: &str = "segment";
 const LOCK_FILE: &str = "lock";
 const MAGIC: &[u8; 16] = b"plasma-store-log";
 const VERSION: u32 = 1;

@@ -112,6 +112,19 @@ struct Subscriber {
     registered: bool,
 }
 
+impl Subscriber {
+    /// Queues `msg`, unless that would pass `max` queued bytes: then the subscriber is
+    /// marked overflowed instead (the loop then drops the subscriber).
+    fn enqueue(&mut self, msg: Rc<[u8]>, max: usize) {
+        if self.queued_bytes + msg.len() > max {
+            self.overflowed = true;
+            return;
+        }
+        self.queued_bytes += msg.len();
+        self.queue.push_back(msg);
+    }
+}
+
 /// One client connection.
 struct Conn {
     stream: UnixStream,
@@ -232,12 +245,7 @@ impl Sink for Outbox<'_> {
                 Rc::from(&self.scratch[..])
             });
             *self.notified = true;
-            if s.queued_bytes + msg.len() > self.max_notification_bytes {
-                s.overflowed = true;
-                continue;
-            }
-            s.queued_bytes += msg.len();
-            s.queue.push_back(Rc::clone(msg));
+            s.enqueue(Rc::clone(msg), self.max_notification_bytes);
         }
     }
 
@@ -254,12 +262,7 @@ impl Sink for Outbox<'_> {
         self.scratch.clear();
         self.enc.gateway_miss(object_ids, self.scratch);
         *self.notified = true;
-        if s.queued_bytes + self.scratch.len() > self.max_notification_bytes {
-            s.overflowed = true;
-            return;
-        }
-        s.queued_bytes += self.scratch.len();
-        s.queue.push_back(Rc::from(&self.scratch[..]));
+        s.enqueue(Rc::from(&self.scratch[..]), self.max_notification_bytes);
     }
 }
 

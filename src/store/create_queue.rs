@@ -60,16 +60,11 @@ impl CreateRequest {
                 metadata_size,
                 ..
             } => format!("create of {object_id} ({data_size} + {metadata_size} bytes)"),
-            CreateRequest::Seal { objects, .. } => {
-                let bytes: usize = objects
-                    .iter()
-                    .map(|b| b.data.len() + b.metadata.len())
-                    .sum();
-                format!(
-                    "create-and-seal of {} objects ({bytes} bytes)",
-                    objects.len()
-                )
-            }
+            CreateRequest::Seal { objects, .. } => format!(
+                "create-and-seal of {} objects ({} bytes)",
+                objects.len(),
+                self.inline_bytes()
+            ),
         }
     }
 }

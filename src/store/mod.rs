@@ -279,8 +279,9 @@ impl Store {
             created_objects: 0,
         };
         if let Some((objects, verified)) = recovered {
-            store.check_spill_tier(&objects)?;
-            store.adopt(objects, verified);
+            let files = store.spill_files_found();
+            store.check_spill_tier(&objects, &files)?;
+            store.adopt(objects, verified, files);
         }
         Ok(store)
     }
@@ -759,6 +760,7 @@ impl Store {
             }
         }
         let mut infos = Vec::with_capacity(objects.len());
+        let mut records = Vec::new();
         for b in objects {
             let Some(o) = self.objects.get(&b.object_id) else {
                 continue;
@@ -782,11 +784,11 @@ impl Store {
             o.digest = Some(b.digest);
             o.construct_duration = 0;
             infos.push(seal_info(b.object_id, o));
+            if self.persist.is_some() && o.segment == SEGMENT_ID {
+                records.push(persisted::seal_record(b.object_id, o));
+            }
         }
-        if self.persist.is_some() {
-            let ids: Vec<ObjectId> = objects.iter().map(|b| b.object_id).collect();
-            self.persist_seals(&ids);
-        }
+        self.persist_records(&records);
         out.notify(&infos);
         for b in objects {
             self.wake_waiters(b.object_id, out);

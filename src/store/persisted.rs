@@ -24,7 +24,7 @@ use super::{SEGMENT_ID, Sink, Store};
 
 impl Store {
     /// The objects whose spill files a persistent spill directory held at start-up.
-    fn spill_files_found(&self) -> HashSet<ObjectId> {
+    pub(super) fn spill_files_found(&self) -> HashSet<ObjectId> {
         self.external
             .as_ref()
             .map(ExternalStore::found)
@@ -34,12 +34,16 @@ impl Store {
     /// Enters the objects recovered from the persist log into the empty store: sealed,
     /// unreferenced, in the global LRU list in the order they were sealed, or evicted if
     /// their spill file is there. `persist::open` gives distinct ids.
-    pub(super) fn adopt(&mut self, records: Vec<SealRecord>, verified: bool) {
+    pub(super) fn adopt(
+        &mut self,
+        records: Vec<SealRecord>,
+        verified: bool,
+        mut files: HashSet<ObjectId>,
+    ) {
         self.objects.index.reserve(records.len());
         self.objects.slab.reserve(records.len());
         let mut order = Vec::with_capacity(records.len());
-        // Spill files found at start-up; those left at the end have no record.
-        let mut files = self.spill_files_found();
+        // `files`: the spill files found at start-up; those left at the end have no record.
         let mut lost = Vec::new();
         let mut spilled = 0u64;
         for r in records {
@@ -86,14 +90,17 @@ impl Store {
     /// while those files are in another spill directory under the `--persist` directory (the
     /// store was started before with another `-e`, or none): the objects are not lost, the
     /// flags are wrong.
-    pub(super) fn check_spill_tier(&self, records: &[SealRecord]) -> io::Result<()> {
+    pub(super) fn check_spill_tier(
+        &self,
+        records: &[SealRecord],
+        files: &HashSet<ObjectId>,
+    ) -> io::Result<()> {
         let Some(p) = self.persist.as_ref() else {
             return Ok(());
         };
         if !records.iter().any(|r| r.spilled) {
             return Ok(());
         }
-        let files = self.spill_files_found();
         let ours = self
             .external
             .as_ref()
@@ -177,11 +184,16 @@ impl Store {
             return;
         }
         let records: Vec<SealRecord> = ids.iter().filter_map(|id| self.seal_record(*id)).collect();
+        self.persist_records(&records);
+    }
+
+    /// Records the seal records of newly sealed objects of the main segment.
+    pub(super) fn persist_records(&mut self, records: &[SealRecord]) {
         if records.is_empty() {
             return;
         }
         if let Some(p) = self.persist.as_mut() {
-            p.record_seals(&records, &self.segment);
+            p.record_seals(records, &self.segment);
         }
         self.maybe_compact();
     }
@@ -284,7 +296,7 @@ fn recovered(
 }
 
 /// What the persist log records about a sealed object.
-fn seal_record(object_id: ObjectId, o: &Object) -> SealRecord {
+pub(super) fn seal_record(object_id: ObjectId, o: &Object) -> SealRecord {
     SealRecord {
         object_id,
         offset: o.offset,
