@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Store, oid, pattern, pyarrow_python, store_bin};
+use plasma_store::client::Client;
 use plasma_store::digest::object_digest;
 use plasma_store::protocol::ObjectId;
 
@@ -29,8 +30,9 @@ fn start(dir: &Path, capacity: u64, extra: &[&str]) -> Store {
     Store::start_with(&store_bin(), capacity, &args)
 }
 
-/// Runs a store that must refuse to start; returns what it wrote to stderr.
-fn refused(dir: &Path, capacity: u64) -> String {
+/// Runs a store (with `extra` arguments) that must refuse to start; returns what it wrote
+/// to stderr.
+fn refused(dir: &Path, capacity: u64, extra: &[&str]) -> String {
     let sock = tempfile::tempdir().expect("temp dir");
     let out = Command::new(store_bin())
         .arg("-m")
@@ -39,6 +41,7 @@ fn refused(dir: &Path, capacity: u64) -> String {
         .arg(sock.path().join("s"))
         .arg("--persist")
         .arg(dir)
+        .args(extra)
         .output()
         .expect("run the store");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -68,6 +71,12 @@ fn contents(n: u32) -> (Vec<u8>, Vec<u8>) {
 
 /// Asserts that the store holds object `n` with exactly its bytes and digest.
 fn assert_intact(store: &Store, n: u32) {
+    assert_intact_with(store, n, contents);
+}
+
+/// Asserts that the store holds object `n` with exactly the bytes `contents(n)` gives, and
+/// their digest.
+fn assert_intact_with(store: &Store, n: u32, contents: fn(u32) -> (Vec<u8>, Vec<u8>)) {
     let c = store.client();
     let (data, meta) = contents(n);
     let got = c.get(&[oid(n)], 0).expect("get");
@@ -442,7 +451,7 @@ fn damaged_records_and_bytes_cost_only_their_objects() {
 
     // A file that is not a log is refused, and left alone.
     std::fs::write(&log, b"something else").expect("write");
-    assert!(refused(dir.path(), MEM).contains("is not a plasma_store log"));
+    assert!(refused(dir.path(), MEM, &[]).contains("is not a plasma_store log"));
     assert_eq!(std::fs::read(&log).expect("read"), b"something else");
 }
 
@@ -454,7 +463,7 @@ fn a_second_store_on_the_same_directory_is_refused() {
         .client()
         .create_and_seal(oid(1), b"one", b"")
         .expect("create");
-    let err = refused(dir.path(), MEM);
+    let err = refused(dir.path(), MEM, &[]);
     assert!(err.contains("in use by another plasma_store (pid"), "{err}");
     // The first one is unharmed, and once it is gone the directory is free again.
     assert!(listed(&store).contains(&oid(1)));
@@ -482,7 +491,7 @@ fn another_capacity_adapts_when_the_objects_fit_and_is_refused_when_not() {
     };
     let size_before = segment_size();
 
-    let err = refused(dir.path(), 4_000_000);
+    let err = refused(dir.path(), 4_000_000, &[]);
     assert!(
         err.contains("do not fit in -m 4000000; start with -m"),
         "{err}"
@@ -544,17 +553,8 @@ fn the_log_is_compacted_while_the_store_runs() {
     let store = start(dir.path(), MEM, &[]);
     let c = store.client();
     // 40 batches of 1000 objects, each deleted again but the last 10: 80,000 records for 10
-    // live objects, past the compaction threshold (twice the live records + 65,536).
-    for b in 0..40u32 {
-        let ids: Vec<ObjectId> = (0..1000).map(|i| oid(b * 1000 + i)).collect();
-        let objects: Vec<(ObjectId, &[u8], &[u8])> = ids
-            .iter()
-            .map(|id| (*id, &b"payload"[..], &b""[..]))
-            .collect();
-        c.create_and_seal_batch(&objects).expect("batch");
-        let keep = if b == 39 { 10 } else { 0 };
-        c.delete(&ids[keep..]).expect("delete");
-    }
+    // live objects.
+    churn(&c, 0, 10);
     assert!(store.log().contains("compacted the log"), "{}", store.log());
     assert!(records_in(&log) < 65_536, "{} records", records_in(&log));
     drop(c);
@@ -631,15 +631,40 @@ fn spilled_of(dir: &Path, n: u32) -> HashSet<u32> {
 
 /// Asserts that the store holds spill object `n` with exactly its bytes and digest.
 fn assert_spill_intact(store: &Store, n: u32) {
+    assert_intact_with(store, n, spill_contents);
+}
+
+/// Creates spill objects `0..n` (10 KB each, through a 100 KB store: most get spilled).
+fn create_spill_objects(store: &Store, n: u32) {
     let c = store.client();
-    let (data, meta) = spill_contents(n);
-    let got = c.get(&[oid(n)], 0).expect("get");
-    let got = got[0]
-        .as_ref()
-        .unwrap_or_else(|| panic!("object {n} missing\n{}", store.log()));
-    assert_eq!((got.data(), got.metadata()), (&data[..], &meta[..]), "{n}");
-    let info = common::info(&c, oid(n)).expect("listed");
-    assert_eq!(info.digest, Some(object_digest(&data, &meta)));
+    for n in 0..n {
+        let (d, m) = spill_contents(n);
+        c.create_and_seal(oid(n), &d, &m).expect("create");
+    }
+}
+
+/// Asserts that the store lists exactly spill objects `0..n`, each intact.
+fn assert_all_spill_objects(store: &Store, n: u32) {
+    assert_eq!(listed(store), (0..n).map(oid).collect(), "{}", store.log());
+    for n in 0..n {
+        assert_spill_intact(store, n);
+    }
+}
+
+/// Creates 40 batches of 1000 small objects from id `first` on and deletes each batch again
+/// but its first `keep_last` objects in the last batch: 80,000 log records, past the
+/// compaction threshold (twice the live records + 65,536).
+fn churn(c: &Client, first: u32, keep_last: usize) {
+    for b in 0..40u32 {
+        let ids: Vec<ObjectId> = (0..1000).map(|i| oid(first + b * 1000 + i)).collect();
+        let objects: Vec<(ObjectId, &[u8], &[u8])> = ids
+            .iter()
+            .map(|id| (*id, &b"payload"[..], &b""[..]))
+            .collect();
+        c.create_and_seal_batch(&objects).expect("batch");
+        let keep = if b == 39 { keep_last } else { 0 };
+        c.delete(&ids[keep..]).expect("delete");
+    }
 }
 
 #[test]
@@ -721,12 +746,7 @@ fn a_lost_or_corrupt_spill_file_costs_only_its_object_and_unrecorded_files_go() 
     let endpoint = spill_endpoint(dir.path());
     let args = ["-e", endpoint.as_str()];
     let store = start(dir.path(), 100_000, &args);
-    let c = store.client();
-    for n in 0..N {
-        let (d, m) = spill_contents(n);
-        c.create_and_seal(oid(n), &d, &m).expect("create");
-    }
-    drop(c);
+    create_spill_objects(&store, N);
     store.kill();
     let mut spilled: Vec<u32> = spilled_of(dir.path(), N).into_iter().collect();
     spilled.sort();
@@ -809,11 +829,7 @@ fn a_store_killed_after_a_restore_is_recorded_but_before_its_file_goes_keeps_the
     let endpoint = spill_endpoint(dir.path());
     let args = ["-e", endpoint.as_str()];
     let store = start(dir.path(), 100_000, &args);
-    let c = store.client();
-    for n in 0..N {
-        let (d, m) = spill_contents(n);
-        c.create_and_seal(oid(n), &d, &m).expect("create");
-    }
+    create_spill_objects(&store, N);
     let s = *spilled_of(dir.path(), N).iter().min().expect("spilled");
     let file = spill_dir(dir.path()).join(oid(s).hex());
     let aside = dir.path().join("aside");
@@ -821,7 +837,6 @@ fn a_store_killed_after_a_restore_is_recorded_but_before_its_file_goes_keeps_the
     // Restored: its new seal record written, then its file removed.
     assert_spill_intact(&store, s);
     assert!(!file.exists());
-    drop(c);
     store.kill();
     // As if the store had been killed between the two: the record and the file.
     std::fs::rename(&aside, &file).expect("rename");
@@ -841,37 +856,21 @@ fn a_restart_without_the_spill_tier_that_holds_evicted_objects_is_refused() {
     let endpoint = spill_endpoint(dir.path());
     let args = ["-e", endpoint.as_str()];
     let store = start(dir.path(), 100_000, &args);
-    let c = store.client();
-    for n in 0..N {
-        let (d, m) = spill_contents(n);
-        c.create_and_seal(oid(n), &d, &m).expect("create");
-    }
-    drop(c);
+    create_spill_objects(&store, N);
     store.kill();
     let spilled = spilled_of(dir.path(), N);
     assert!(!spilled.is_empty());
     // Without -e, or with another spill directory inside DIR: refused, nothing dropped.
-    let stderr = refused(dir.path(), 100_000);
+    let stderr = refused(dir.path(), 100_000, &[]);
     assert!(
         stderr.contains(&format!("start with -e {endpoint}")),
         "{stderr}"
     );
     let other = format!("file://{}", dir.path().join("other").display());
-    let sock = tempfile::tempdir().expect("temp dir");
-    let out = Command::new(store_bin())
-        .args(["-m", "100000", "-e", &other, "--persist"])
-        .arg(dir.path())
-        .arg("-s")
-        .arg(sock.path().join("s"))
-        .output()
-        .expect("run the store");
-    assert_eq!(out.status.code(), Some(1));
+    refused(dir.path(), 100_000, &["-e", &other]);
     assert_eq!(spilled_of(dir.path(), N), spilled);
     let store = start(dir.path(), 100_000, &args);
-    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
-    for n in 0..N {
-        assert_spill_intact(&store, n);
-    }
+    assert_all_spill_objects(&store, N);
     store.stop();
 }
 
@@ -882,29 +881,15 @@ fn compaction_keeps_the_evicted_objects() {
     let endpoint = spill_endpoint(dir.path());
     let args = ["-e", endpoint.as_str()];
     let store = start(dir.path(), 100_000, &args);
+    create_spill_objects(&store, N);
     let c = store.client();
-    for n in 0..N {
-        let (d, m) = spill_contents(n);
-        c.create_and_seal(oid(n), &d, &m).expect("create");
-    }
     assert!(spilled_of(dir.path(), N).len() >= 15);
     // 80,000 records of objects created and deleted again: the log is compacted.
-    for b in 0..40u32 {
-        let ids: Vec<ObjectId> = (0..1000).map(|i| oid(1000 + b * 1000 + i)).collect();
-        let objects: Vec<(ObjectId, &[u8], &[u8])> = ids
-            .iter()
-            .map(|id| (*id, &b"payload"[..], &b""[..]))
-            .collect();
-        c.create_and_seal_batch(&objects).expect("batch");
-        c.delete(&ids).expect("delete");
-    }
+    churn(&c, 1000, 0);
     assert!(store.log().contains("compacted the log"), "{}", store.log());
     drop(c);
     store.kill();
     let store = start(dir.path(), 100_000, &args);
-    assert_eq!(listed(&store), (0..N).map(oid).collect(), "{}", store.log());
-    for n in 0..N {
-        assert_spill_intact(&store, n);
-    }
+    assert_all_spill_objects(&store, N);
     store.stop();
 }
