@@ -35,6 +35,24 @@ fn miss_within(m: &mut GatewayMisses, wait: Duration) -> Option<Vec<ObjectId>> {
 const SOON: Duration = Duration::from_secs(5);
 const QUIET: Duration = Duration::from_millis(300);
 
+
+/// Registers `c` as the gateway once the store has seen the previous one go (it may not
+/// have yet), failing the test after [`common::WAIT`].
+fn register_when_free(c: &plasma_store::client::Client) -> GatewayMisses {
+    let mut misses = None;
+    common::eventually("the gateway slot to be free", || match c.register_gateway() {
+        Ok(m) => {
+            misses = Some(m);
+            true
+        }
+        Err(Error::GatewayTaken) => {
+            thread::sleep(Duration::from_millis(10));
+            false
+        }
+        Err(e) => panic!("{e}"),
+    });
+    misses.expect("registered")
+}
 #[test]
 fn a_waiting_get_of_an_absent_object_is_reported_once_and_served_by_the_gateway() {
     let store = Store::start(MEM);
@@ -137,14 +155,7 @@ fn a_failed_pull_or_a_gateway_that_goes_lets_the_next_get_ask_again() {
     }
     // A new gateway is asked afresh, even though the old one never answered.
     let gw = store.client();
-    let mut misses = loop {
-        match gw.register_gateway() {
-            Ok(m) => break m,
-            // The store may not have seen the old gateway go yet.
-            Err(Error::GatewayTaken) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let mut misses = register_when_free(&gw);
     assert!(c.get(&[id], 30).unwrap()[0].is_none());
     assert_eq!(miss_within(&mut misses, SOON), Some(vec![id]));
     store.stop();
@@ -167,13 +178,7 @@ fn one_gateway_at_a_time() {
     assert!(matches!(first.register_gateway(), Err(Error::GatewayTaken)));
     drop(_m);
     first.disconnect();
-    let m = loop {
-        match second.register_gateway() {
-            Ok(m) => break m,
-            Err(Error::GatewayTaken) => thread::sleep(Duration::from_millis(10)),
-            Err(e) => panic!("{e}"),
-        }
-    };
+    let m = register_when_free(&second);
     drop(m);
     store.stop();
 }
@@ -220,9 +225,7 @@ fn a_gateway_that_never_reads_its_misses_is_dropped_not_waited_for() {
     let _misses = gw.register_gateway().unwrap(); // never read
     let c = store.client();
     for i in 0..400u32 {
-        let mut b = [0u8; 20];
-        b[..4].copy_from_slice(&i.to_le_bytes());
-        assert!(c.get(&[ObjectId(b)], 1).unwrap()[0].is_none());
+        assert!(c.get(&[oid(1000 + i)], 1).unwrap()[0].is_none());
     }
     // The store goes on serving, and let the stuck gateway go.
     common::eventually("the stuck gateway to be dropped", || {
