@@ -83,6 +83,23 @@ impl Drop for Store {
     }
 }
 
+/// Starts `plasmactl -s SOCKET watch`; returns it and the lines of its stdout.
+fn spawn_watch(
+    socket: &Path,
+    stderr: Stdio,
+) -> (Child, std::io::Lines<BufReader<std::process::ChildStdout>>) {
+    let mut child = Command::new(PLASMACTL)
+        .arg("-s")
+        .arg(socket)
+        .arg("watch")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    (child, lines)
+}
+
 fn ctl(socket: &Path, args: &[&str]) -> Output {
     Command::new(PLASMACTL)
         .arg("-s")
@@ -372,15 +389,7 @@ fn watch_prints_seals_and_deletions_as_they_happen() {
     let store = Store::start(100_000);
     let c = store.client();
     put_object(&c, oid(1), &[0; 10], b"mm");
-    let mut child = Command::new(PLASMACTL)
-        .arg("-s")
-        .arg(&store.socket)
-        .arg("watch")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_watch(&store.socket, Stdio::null());
     let mut next = || lines.next().unwrap().unwrap();
     // Objects sealed before the subscription come first.
     assert_eq!(
@@ -402,16 +411,8 @@ fn watch_prints_seals_and_deletions_as_they_happen() {
 fn watch_ends_with_an_error_when_the_store_stops() {
     let mut store = Store::start(100_000);
     put_object(&store.client(), oid(1), b"x", b"");
-    let mut child = Command::new(PLASMACTL)
-        .arg("-s")
-        .arg(&store.socket)
-        .arg("watch")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, mut lines) = spawn_watch(&store.socket, Stdio::piped());
     // The first line (the object sealed before) proves the watcher is subscribed.
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     assert!(lines.next().unwrap().unwrap().starts_with("sealed "));
     store.child.kill().unwrap();
     store.child.wait().unwrap();
