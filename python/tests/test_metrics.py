@@ -21,27 +21,12 @@ import plasma_store as plasma
 def metrics_store(tmp_path):
     """A store with a spill directory and metrics on an ephemeral loopback port; yields
     (socket path, metrics URL)."""
-    sock = tmp_path / "plasma.sock"
-    log = tmp_path / "store.log"
     spill = tmp_path / "spill"
     spill.mkdir()
-    with open(log, "w") as err:
-        proc = subprocess.Popen(
-            [plasma.find_plasma_store_binary(), "-m", "1000000", "-s", str(sock),
-             "-e", f"file://{spill}", "--max-connections", "4", "--metrics-listen", "0"],
-            stderr=err, env=dict(os.environ, RUST_LOG="info"))
+    proc, sock, url = start_store(tmp_path, "-m", "1000000", "-e", f"file://{spill}",
+                                  "--max-connections", "4")
     try:
-        deadline = time.monotonic() + 30
-        url = None
-        while url is None:
-            assert proc.poll() is None, log.read_text()
-            m = re.search(r"metrics at (http://\S+/metrics)", log.read_text())
-            if m and sock.exists():
-                url = m.group(1)
-            else:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.01)
-        yield str(sock), url
+        yield sock, url
         assert proc.poll() is None, "the store died during the test"
     finally:
         proc.terminate()
@@ -207,21 +192,27 @@ def test_stuck_scrapers_cost_the_store_nothing(metrics_store):
 
 
 def start_store(tmp_path, *flags):
-    """A store with metrics on an ephemeral port and `flags`; returns (proc, socket, url)."""
+    """A store with metrics on an ephemeral port and `flags`; returns (proc, socket, url).
+    A store that does not come up is killed."""
     sock = tmp_path / "full.sock"
     log = tmp_path / "full.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [plasma.find_plasma_store_binary(), "-s", str(sock), "--metrics-listen", "0",
              *flags], stderr=err, env=dict(os.environ, RUST_LOG="info"))
-    deadline = time.monotonic() + 30
-    while True:
-        assert proc.poll() is None, log.read_text()
-        m = re.search(r"metrics at (http://\S+/metrics)", log.read_text())
-        if m and sock.exists():
-            return proc, str(sock), m.group(1)
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.01)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            m = re.search(r"metrics at (http://\S+/metrics)", log.read_text())
+            if m and sock.exists():
+                return proc, str(sock), m.group(1)
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.01)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 def test_waiting_creates_and_the_fallback_tier_are_counted(tmp_path):
